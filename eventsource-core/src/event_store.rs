@@ -1,0 +1,76 @@
+//! The store contract, split by capability: appending, reading one stream, reading the feed.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::error::StoreError;
+use crate::event::{NewEvent, RecordedEvent};
+use crate::expected_version::ExpectedVersion;
+use crate::feed::{FeedBatch, FeedFilter};
+use crate::position::FeedPosition;
+use crate::stream_id::StreamId;
+use crate::version::StreamVersion;
+
+/// A stream of recorded events that may fail part-way.
+pub type EventStream<'a> = BoxStream<'a, Result<RecordedEvent, StoreError>>;
+
+/// What a successful append reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The stream's version after the append (the last appended event's version).
+    pub stream_version: StreamVersion,
+    /// The feed position of each appended event, in append order.
+    pub positions: Vec<FeedPosition>,
+    /// `true` when every event id was already stored by an earlier identical append (a retry
+    /// after a lost reply): nothing new was written.
+    pub already_stored: bool,
+}
+
+/// Appends events to streams under optimistic concurrency.
+#[async_trait]
+pub trait EventAppender: Send + Sync {
+    /// Appends `events` to `stream` if its current version satisfies `expected`, atomically:
+    /// all of them or none.
+    ///
+    /// - A failed expectation is [`StoreError::Conflict`] and stores nothing.
+    /// - Appending event ids that an earlier append of the same events to the same stream already
+    ///   stored succeeds with `already_stored = true` and stores nothing again.
+    /// - An empty `events` only checks the expectation.
+    /// - Input past the store's [`Limits`](crate::Limits) is refused with
+    ///   [`StoreError::Invalid`] before storage is touched.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError>;
+}
+
+/// Reads the events of one stream.
+pub trait StreamReader: Send + Sync {
+    /// The events of `stream` with versions from `from` on, in version order. A stream without
+    /// events yields nothing. Reads every committed event, whatever the feed's horizon.
+    fn read_stream<'a>(&'a self, stream: &'a StreamId, from: StreamVersion) -> EventStream<'a>;
+}
+
+/// Reads the global feed: every committed event exactly once, each stream in version order.
+#[async_trait]
+pub trait FeedReader: Send + Sync {
+    /// Reads one bounded batch of the feed after `after`: at most `limit` events are examined,
+    /// the ones that pass `filter` are returned, and [`FeedBatch::next`] tells where to continue
+    /// (past examined events the filter dropped, so a filtered reader keeps advancing).
+    ///
+    /// Only events whose place in the feed is final are returned: an event never appears later
+    /// at a position before one already returned.
+    async fn read_feed_batch(
+        &self,
+        after: FeedPosition,
+        limit: usize,
+        filter: &FeedFilter,
+    ) -> Result<FeedBatch, StoreError>;
+}
+
+/// A complete event store: appends, stream reads and feed reads.
+pub trait EventStore: EventAppender + StreamReader + FeedReader {}
+
+impl<T: EventAppender + StreamReader + FeedReader> EventStore for T {}

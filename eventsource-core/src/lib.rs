@@ -1,0 +1,55 @@
+//! The eventsource model: events, streams, versions, aggregates, the store contract, the
+//! repository and the in-memory store. This crate has no database code; the PostgreSQL store
+//! lives in `eventsource-postgres`, and applications use both through the `eventsource` crate.
+//!
+//! The pieces, each in the module named after it:
+//! - [`StreamId`] (category + instance id), [`StreamVersion`], [`FeedPosition`];
+//! - [`NewEvent`] on the way in, [`RecordedEvent`] on the way out, with [`EventMetadata`];
+//! - [`DomainEvent`]: a domain's event enum as (type name, schema version, JSON payload);
+//! - [`Aggregate`] and [`Repository`] (load, decide, append, retry on [`Conflict`]);
+//! - the store contract: [`EventAppender`], [`StreamReader`], [`FeedReader`] = [`EventStore`];
+//! - [`InMemoryStore`], which keeps the same contract as the PostgreSQL store;
+//! - [`testing`]: the store contract suite and a small aggregate for tests.
+#![deny(missing_docs)]
+
+pub mod aggregate;
+pub mod command_context;
+pub mod domain_event;
+pub mod error;
+pub mod event;
+pub mod event_store;
+pub mod expected_version;
+pub mod feed;
+pub mod idempotency;
+pub mod limits;
+pub mod memory_store;
+pub mod metadata;
+pub mod position;
+pub mod projection;
+pub mod repository;
+pub mod retry_policy;
+pub mod stream_id;
+pub mod subscription;
+pub mod testing;
+pub mod version;
+
+pub use aggregate::Aggregate;
+pub use command_context::CommandContext;
+pub use domain_event::{DecodeError, DomainEvent, EncodeError};
+pub use error::{BoxError, Conflict, StoreError, ValidationError};
+pub use event::{NewEvent, RecordedEvent};
+pub use event_store::{
+    AppendResult, EventAppender, EventStore, EventStream, FeedReader, StreamReader,
+};
+pub use expected_version::ExpectedVersion;
+pub use feed::{read_feed, FeedBatch, FeedFilter};
+pub use idempotency::{replayed_append, StoredEventLocation};
+pub use limits::Limits;
+pub use memory_store::InMemoryStore;
+pub use metadata::EventMetadata;
+pub use position::{FeedPosition, GlobalPosition};
+pub use repository::{CommandError, Executed, Loaded, Repository};
+pub use retry_policy::RetryPolicy;
+pub use stream_id::{Category, StreamId};
+pub use subscription::{FeedHoldup, Subscribe, Subscription, SubscriptionOptions, WakeSignal};
+pub use version::StreamVersion;

@@ -1,0 +1,237 @@
+//! The in-memory store: the same contract as the PostgreSQL store, for domain tests and examples.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use futures::stream::{self, StreamExt};
+use uuid::Uuid;
+
+use crate::error::{Conflict, StoreError, ValidationError};
+use crate::event::{NewEvent, RecordedEvent};
+use crate::event_store::{AppendResult, EventAppender, EventStream, FeedReader, StreamReader};
+use crate::expected_version::ExpectedVersion;
+use crate::feed::{FeedBatch, FeedFilter};
+use crate::idempotency::{replayed_append, StoredEventLocation};
+use crate::limits::Limits;
+use crate::position::FeedPosition;
+use crate::stream_id::StreamId;
+use crate::subscription::{Subscribe, WakeSignal};
+use crate::version::StreamVersion;
+
+/// An event store in process memory. Cloning it shares the same events.
+///
+/// Each append is one transaction with the next transaction id, committed at once, so the feed
+/// is simply append order. Nothing survives the process.
+#[derive(Clone)]
+pub struct InMemoryStore {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    limits: Limits,
+    /// Counts appends, for waking subscribers.
+    appended: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Every event in feed order.
+    events: Vec<RecordedEvent>,
+    /// Indexes into `events`, per stream, in version order.
+    streams: HashMap<StreamId, Vec<usize>>,
+    /// Index into `events` of each stored event id.
+    event_ids: HashMap<Uuid, usize>,
+    last_transaction: u64,
+}
+
+impl InMemoryStore {
+    /// An empty store with default limits.
+    pub fn new() -> Self {
+        Self::with_limits(Limits::default())
+    }
+
+    /// An empty store with the given limits.
+    pub fn with_limits(limits: Limits) -> Self {
+        let (appended, _) = tokio::sync::watch::channel(0);
+        Self {
+            inner: Arc::new(Shared {
+                state: Mutex::default(),
+                limits,
+                appended,
+            }),
+        }
+    }
+
+    /// The limits this store enforces.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave `State` half-updated: every mutation below
+        // happens after all checks, so a poisoned lock still guards consistent data.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Default for InMemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl State {
+    fn version_of(&self, stream: &StreamId) -> StreamVersion {
+        self.streams
+            .get(stream)
+            .and_then(|indexes| indexes.last())
+            .map(|&i| self.events[i].version)
+            .unwrap_or(StreamVersion::INITIAL)
+    }
+}
+
+#[async_trait]
+impl EventAppender for InMemoryStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        self.inner.limits.check_append(stream, expected, &events)?;
+        let mut state = self.state();
+        if events
+            .iter()
+            .any(|e| state.event_ids.contains_key(&e.event_id))
+        {
+            let stored = events
+                .iter()
+                .filter_map(|e| state.event_ids.get(&e.event_id))
+                .map(|&i| {
+                    let e = &state.events[i];
+                    let at = StoredEventLocation {
+                        stream_id: e.stream_id.clone(),
+                        version: e.version,
+                        position: e.position,
+                    };
+                    (e.event_id, at)
+                })
+                .collect();
+            return replayed_append(stream, &events, &stored);
+        }
+        let current = state.version_of(stream);
+        if !expected.accepts(current) {
+            return Err(Conflict {
+                stream: stream.clone(),
+                expected,
+                actual: current,
+            }
+            .into());
+        }
+        if current.checked_add(events.len() as u64).is_none() {
+            return Err(ValidationError::VersionOverflow {
+                stream: stream.clone(),
+                after: current,
+                count: events.len(),
+            }
+            .into());
+        }
+        if events.is_empty() {
+            return Ok(AppendResult {
+                stream_version: current,
+                positions: Vec::new(),
+                already_stored: false,
+            });
+        }
+        state.last_transaction += 1;
+        let transaction_id = state.last_transaction;
+        let recorded_at = Utc::now();
+        let mut positions = Vec::with_capacity(events.len());
+        let mut version = current;
+        for event in events {
+            // Bounded by the overflow check above.
+            version = version.next().unwrap_or(StreamVersion::MAX);
+            let index = state.events.len();
+            let position = FeedPosition::new(transaction_id, index as u64 + 1);
+            state.events.push(RecordedEvent {
+                event_id: event.event_id,
+                stream_id: stream.clone(),
+                version,
+                position,
+                event_type: event.event_type,
+                schema_version: event.schema_version,
+                payload: event.payload,
+                metadata: event.metadata,
+                recorded_at,
+            });
+            state.event_ids.insert(event.event_id, index);
+            state.streams.entry(stream.clone()).or_default().push(index);
+            positions.push(position);
+        }
+        drop(state);
+        self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(AppendResult {
+            stream_version: version,
+            positions,
+            already_stored: false,
+        })
+    }
+}
+
+impl StreamReader for InMemoryStore {
+    fn read_stream<'a>(&'a self, stream: &'a StreamId, from: StreamVersion) -> EventStream<'a> {
+        let state = self.state();
+        let events: Vec<_> = state
+            .streams
+            .get(stream)
+            .map(|indexes| {
+                indexes
+                    .iter()
+                    .map(|&i| &state.events[i])
+                    .filter(|e| e.version >= from)
+                    .cloned()
+                    .map(Ok)
+                    .collect()
+            })
+            .unwrap_or_default();
+        stream::iter(events).boxed()
+    }
+}
+
+#[async_trait]
+impl FeedReader for InMemoryStore {
+    async fn read_feed_batch(
+        &self,
+        after: FeedPosition,
+        limit: usize,
+        filter: &FeedFilter,
+    ) -> Result<FeedBatch, StoreError> {
+        if limit == 0 {
+            return Err(ValidationError::ZeroBatchSize.into());
+        }
+        let state = self.state();
+        let start = state.events.partition_point(|e| e.position <= after);
+        let window = &state.events[start..state.events.len().min(start + limit)];
+        Ok(FeedBatch {
+            events: window
+                .iter()
+                .filter(|e| filter.matches(e))
+                .cloned()
+                .collect(),
+            next: window.last().map_or(after, |e| e.position),
+            reached_head: window.len() < limit,
+        })
+    }
+}
+
+impl Subscribe for InMemoryStore {
+    fn wake_signal(&self) -> WakeSignal {
+        self.inner.appended.subscribe()
+    }
+}

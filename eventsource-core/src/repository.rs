@@ -1,0 +1,239 @@
+//! The repository: load an aggregate, decide on a command, append under optimistic concurrency,
+//! and retry on conflicts.
+
+use futures::TryStreamExt;
+
+use crate::aggregate::Aggregate;
+use crate::command_context::CommandContext;
+use crate::domain_event::EncodeError;
+use crate::error::{Conflict, StoreError, ValidationError};
+use crate::event::NewEvent;
+use crate::event_store::{EventAppender, StreamReader};
+use crate::expected_version::ExpectedVersion;
+use crate::retry_policy::RetryPolicy;
+use crate::stream_id::StreamId;
+use crate::version::StreamVersion;
+
+/// An aggregate folded from its stream, with the version it was folded up to.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    /// The stream it was loaded from.
+    pub stream_id: StreamId,
+    /// The state after every stored event.
+    pub state: A,
+    /// The version of the last event folded (`INITIAL` for a new aggregate).
+    pub version: StreamVersion,
+}
+
+/// A command that was carried out.
+#[derive(Debug)]
+pub struct Executed<A: Aggregate> {
+    /// The stream appended to.
+    pub stream_id: StreamId,
+    /// The events the command produced (possibly none).
+    pub events: Vec<A::Event>,
+    /// The state after them.
+    pub state: A,
+    /// The stream's version after the append.
+    pub version: StreamVersion,
+    /// Attempts it took (1 when no concurrent writer got in the way).
+    pub attempts: u32,
+    /// The conflicts met on the way, one per retry.
+    pub conflicts: Vec<Conflict>,
+}
+
+/// Why a command was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError<E: std::error::Error + 'static> {
+    /// The aggregate refused the command (a domain rule).
+    #[error("command refused: {0}")]
+    Rejected(#[source] E),
+    /// Concurrent writers won every attempt; nothing was appended.
+    #[error("gave up after {attempts} attempts: {last}; raise RetryPolicy::max_attempts or reduce contention on the stream")]
+    Conflict {
+        /// Attempts made.
+        attempts: u32,
+        /// The last conflict.
+        last: Conflict,
+    },
+    /// The command addressed a stream of another category, or similar bad input.
+    #[error("invalid command target: {0}")]
+    Invalid(#[from] ValidationError),
+    /// A produced event could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The store failed (including events that do not decode).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Loads aggregates of type `A` from a store and runs commands on them.
+///
+/// ```
+/// # use eventsource_core::testing::counter::{Counter, Increment};
+/// use eventsource_core::{Aggregate, CommandContext, InMemoryStore, Repository};
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let repository = Repository::<Counter, _>::new(InMemoryStore::new());
+/// let id = Counter::stream_id("c-1")?;
+/// let done = repository.execute(&id, Increment(2), &CommandContext::new()).await?;
+/// assert_eq!(done.version.get(), 1);
+/// assert_eq!(repository.load(&id).await?.state.value, 2);
+/// # Ok(()) }
+/// ```
+pub struct Repository<A: Aggregate, S> {
+    store: S,
+    services: A::Services,
+    retry: RetryPolicy,
+}
+
+impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S>
+where
+    A::Services: Default,
+{
+    /// A repository over `store`, with default services and the default retry policy.
+    pub fn new(store: S) -> Self {
+        Self::with_services(store, A::Services::default())
+    }
+}
+
+impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
+    /// A repository over `store` whose aggregates consult `services`.
+    pub fn with_services(store: S, services: A::Services) -> Self {
+        Self {
+            store,
+            services,
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Replaces the retry policy.
+    pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Loads the aggregate in `stream` by folding every stored event.
+    ///
+    /// Reads the stream directly (every committed event), never through the feed's horizon.
+    pub async fn load(&self, stream: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
+        self.check_category(stream)?;
+        let mut loaded = Loaded {
+            stream_id: stream.clone(),
+            state: A::default(),
+            version: StreamVersion::INITIAL,
+        };
+        self.catch_up(&mut loaded).await?;
+        Ok(loaded)
+    }
+
+    /// Folds the events stored after `loaded.version` into `loaded`.
+    ///
+    /// Relies on the store returning versions in order from the one asked for; a gap is
+    /// reported as corrupt data rather than folded.
+    async fn catch_up(&self, loaded: &mut Loaded<A>) -> Result<(), CommandError<A::Error>> {
+        let stream = &loaded.stream_id;
+        let from = loaded.version.next().unwrap_or(StreamVersion::MAX);
+        let mut events = self.store.read_stream(stream, from);
+        while let Some(recorded) = events.try_next().await? {
+            if Some(recorded.version) != loaded.version.next() {
+                return Err(StoreError::Corrupt {
+                    what: format!(
+                        "stream {stream} jumps from version {} to {}",
+                        loaded.version, recorded.version
+                    ),
+                }
+                .into());
+            }
+            let event: A::Event = recorded.decode()?;
+            loaded.state.apply(&event);
+            loaded.version = recorded.version;
+        }
+        Ok(())
+    }
+
+    /// Runs `command` against the aggregate in `stream`: load, decide, append with the loaded
+    /// version as the expected version. On a conflict it waits, reloads and decides again, up to
+    /// the retry policy's attempt budget; a reload after a conflict folds only the events stored
+    /// since the last one (`apply` is deterministic). Every event gets `causation_id = ctx.command_id` and
+    /// the context's correlation id, actor and headers.
+    pub async fn execute(
+        &self,
+        stream: &StreamId,
+        command: A::Command,
+        ctx: &CommandContext,
+    ) -> Result<Executed<A>, CommandError<A::Error>> {
+        let mut conflicts = Vec::new();
+        let mut attempts = 0;
+        let mut loaded = self.load(stream).await?;
+        loop {
+            attempts += 1;
+            let events = loaded
+                .state
+                .handle(&command, &self.services)
+                .await
+                .map_err(CommandError::Rejected)?;
+            if events.is_empty() {
+                return Ok(Executed {
+                    stream_id: stream.clone(),
+                    events,
+                    state: loaded.state,
+                    version: loaded.version,
+                    attempts,
+                    conflicts,
+                });
+            }
+            let metadata = ctx.metadata();
+            let new_events = events
+                .iter()
+                .map(|e| NewEvent::from_domain(e, metadata.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            match self
+                .store
+                .append(stream, ExpectedVersion::Exact(loaded.version), new_events)
+                .await
+            {
+                Ok(result) => {
+                    for event in &events {
+                        loaded.state.apply(event);
+                    }
+                    return Ok(Executed {
+                        stream_id: stream.clone(),
+                        events,
+                        state: loaded.state,
+                        version: result.stream_version,
+                        attempts,
+                        conflicts,
+                    });
+                }
+                Err(StoreError::Conflict(conflict)) => {
+                    tracing::debug!(%stream, attempts, %conflict, "conflict; retrying");
+                    if attempts >= self.retry.max_attempts {
+                        return Err(CommandError::Conflict {
+                            attempts,
+                            last: conflict,
+                        });
+                    }
+                    conflicts.push(conflict);
+                    tokio::time::sleep(self.retry.delay_after(attempts)).await;
+                    self.catch_up(&mut loaded).await?;
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+    }
+
+    fn check_category(&self, stream: &StreamId) -> Result<(), ValidationError> {
+        if stream.category().as_str() != A::CATEGORY {
+            return Err(ValidationError::WrongCategory {
+                stream: stream.clone(),
+                expected: A::CATEGORY.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}

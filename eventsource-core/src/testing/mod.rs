@@ -1,0 +1,11 @@
+//! The test kit: the store contract suite every store must pass, and a small aggregate to drive
+//! it.
+//!
+//! A store crate runs the whole suite with `store_contract_tests!`, given a
+//! `contract::StoreFactory` that hands out empty stores. The suite is test code (it panics on a
+//! broken rule), so it is compiled only with the `testing` feature: enable it in the store
+//! crate's `[dev-dependencies]`.
+
+#[cfg(feature = "testing")]
+pub mod contract;
+pub mod counter;

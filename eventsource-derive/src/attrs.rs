@@ -1,0 +1,254 @@
+//! Parsing of the `#[event(...)]` helper attribute, on the enum and on its variants.
+//!
+//! Every problem is recorded in an [`Errors`] and parsing goes on, so that one compile reports
+//! all the misuses at once, each at its own span.
+
+use proc_macro2::Span;
+use syn::punctuated::Punctuated;
+use syn::{Attribute, Expr, ExprLit, Lit, Meta, Token};
+
+/// The largest schema version the stores accept (they keep it as a 32-bit signed integer).
+const MAX_SCHEMA_VERSION: u32 = i32::MAX as u32;
+
+/// Accumulates compile errors so that they are reported together.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    /// Records one more error.
+    pub(crate) fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(first) => first.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    /// Records an error spanning `tokens`.
+    pub(crate) fn spanned(
+        &mut self,
+        tokens: impl quote::ToTokens,
+        message: impl std::fmt::Display,
+    ) {
+        self.push(syn::Error::new_spanned(tokens, message));
+    }
+
+    /// `Err` with every recorded error, or `Ok` if there were none.
+    pub(crate) fn finish(self) -> syn::Result<()> {
+        match self.0 {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Options of `#[event(...)]` on the enum itself.
+pub(crate) struct EnumOptions {
+    /// `crate = "path"`: where `DomainEvent`, `EncodeError`, `DecodeError` and
+    /// `__private::{serde, serde_json}` are found.
+    pub(crate) krate: Option<syn::Path>,
+}
+
+/// Options of `#[event(...)]` on a variant.
+#[derive(Default)]
+pub(crate) struct VariantOptions {
+    /// `name = "..."`: the stored type name, with the span of its literal.
+    pub(crate) name: Option<(String, Span)>,
+    /// `version = N`: the schema version.
+    pub(crate) version: Option<u32>,
+}
+
+/// The `key = value` items of every `#[event(...)]` among `attrs`; malformed attributes are
+/// recorded in `errors` and skipped.
+fn event_items(attrs: &[Attribute], errors: &mut Errors) -> Vec<Meta> {
+    let mut items = Vec::new();
+    for attr in attrs.iter().filter(|a| a.path().is_ident("event")) {
+        if !matches!(attr.meta, Meta::List(_)) {
+            errors.spanned(
+                attr,
+                "expected `#[event(...)]`, e.g. `#[event(name = \"OrderPlaced\", version = 2)]`",
+            );
+            continue;
+        }
+        match attr.parse_args_with(Punctuated::<Meta, Token![,]>::parse_terminated) {
+            Ok(list) => items.extend(list),
+            Err(error) => errors.push(error),
+        }
+    }
+    items
+}
+
+/// The name of an item's key, as written (`crate`, `name`, ...), or `None` for a path with
+/// several segments.
+fn key_of(meta: &Meta) -> Option<String> {
+    meta.path().get_ident().map(ToString::to_string)
+}
+
+/// The value of `key = value`, or an error naming the expected form.
+fn value_of<'a>(meta: &'a Meta, key: &str, example: &str) -> syn::Result<&'a Expr> {
+    match meta {
+        Meta::NameValue(nv) => Ok(&nv.value),
+        _ => Err(syn::Error::new_spanned(
+            meta,
+            format!("expected `{key} = {example}`"),
+        )),
+    }
+}
+
+/// A string literal value, or an error.
+fn string_value(expr: &Expr, key: &str, example: &str) -> syn::Result<syn::LitStr> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Ok(lit.clone()),
+        _ => Err(syn::Error::new_spanned(
+            expr,
+            format!("expected a string literal: `{key} = {example}`"),
+        )),
+    }
+}
+
+/// Parses `#[event(...)]` on the enum: only `crate = "path"` belongs there.
+pub(crate) fn enum_options(attrs: &[Attribute], errors: &mut Errors) -> EnumOptions {
+    let mut options = EnumOptions { krate: None };
+    for meta in event_items(attrs, errors) {
+        match key_of(&meta).as_deref() {
+            Some("crate") => {
+                let parsed = value_of(&meta, "crate", "\"path::to::eventsource\"")
+                    .and_then(|v| string_value(v, "crate", "\"path::to::eventsource\""))
+                    .and_then(|lit| {
+                        lit.parse::<syn::Path>().map_err(|_| {
+                            syn::Error::new_spanned(
+                                &lit,
+                                "expected a path to the crate that exposes `DomainEvent`, e.g. `crate = \"::eventsource\"`",
+                            )
+                        })
+                    });
+                match parsed {
+                    Ok(_) if options.krate.is_some() => {
+                        errors.spanned(meta.path(), "duplicate `crate` in #[event(...)]");
+                    }
+                    Ok(path) => options.krate = Some(path),
+                    Err(error) => errors.push(error),
+                }
+            }
+            Some("name" | "version") => errors.spanned(
+                meta.path(),
+                "`name` and `version` go on a variant of the enum, not on the enum",
+            ),
+            _ => errors.spanned(
+                meta.path(),
+                "unknown key in #[event(...)] on the enum; the only one here is `crate = \"path\"`",
+            ),
+        }
+    }
+    options
+}
+
+/// Parses `#[event(...)]` on a variant: `name = "..."` and `version = N`.
+pub(crate) fn variant_options(attrs: &[Attribute], errors: &mut Errors) -> VariantOptions {
+    let mut options = VariantOptions::default();
+    for meta in event_items(attrs, errors) {
+        match key_of(&meta).as_deref() {
+            Some("name") => {
+                let parsed = value_of(&meta, "name", "\"OrderPlaced\"")
+                    .and_then(|v| string_value(v, "name", "\"OrderPlaced\""))
+                    .and_then(|lit| check_name(&lit));
+                match parsed {
+                    Ok(_) if options.name.is_some() => {
+                        errors.spanned(meta.path(), "duplicate `name` in #[event(...)]");
+                    }
+                    Ok(name) => options.name = Some(name),
+                    Err(error) => errors.push(error),
+                }
+            }
+            Some("version") => {
+                let parsed = value_of(&meta, "version", "2").and_then(parse_version);
+                match parsed {
+                    Ok(_) if options.version.is_some() => {
+                        errors.spanned(meta.path(), "duplicate `version` in #[event(...)]");
+                    }
+                    Ok(version) => options.version = Some(version),
+                    Err(error) => errors.push(error),
+                }
+            }
+            Some("crate") => {
+                errors.spanned(meta.path(), "`crate` goes on the enum, not on a variant");
+            }
+            _ => errors.spanned(
+                meta.path(),
+                "unknown key in #[event(...)]; expected `name = \"...\"` or `version = N`",
+            ),
+        }
+    }
+    options
+}
+
+/// Refuses `#[event(...)]` where it means nothing (on a field).
+pub(crate) fn refuse_event_attrs(attrs: &[Attribute], errors: &mut Errors) {
+    for attr in attrs.iter().filter(|a| a.path().is_ident("event")) {
+        errors.spanned(
+            attr,
+            "#[event(...)] goes on the enum or on its variants, not on a field",
+        );
+    }
+}
+
+/// A stored type name must be non-empty, without surrounding whitespace, and storable as
+/// database text (no NUL).
+fn check_name(lit: &syn::LitStr) -> syn::Result<(String, Span)> {
+    let name = lit.value();
+    if name.is_empty() {
+        return Err(syn::Error::new_spanned(
+            lit,
+            "an event type name must not be empty",
+        ));
+    }
+    if name.contains('\0') {
+        return Err(syn::Error::new_spanned(
+            lit,
+            "an event type name must not contain the NUL character (PostgreSQL text cannot store it)",
+        ));
+    }
+    if name.trim() != name {
+        return Err(syn::Error::new_spanned(
+            lit,
+            "an event type name must not start or end with whitespace",
+        ));
+    }
+    Ok((name, lit.span()))
+}
+
+/// A schema version: an integer literal in `1..=i32::MAX`.
+fn parse_version(expr: &Expr) -> syn::Result<u32> {
+    let Expr::Lit(ExprLit {
+        lit: Lit::Int(lit), ..
+    }) = expr
+    else {
+        return Err(syn::Error::new_spanned(
+            expr,
+            "expected an integer literal: `version = 2`",
+        ));
+    };
+    let range = format!("schema versions go from 1 to {MAX_SCHEMA_VERSION}");
+    match lit.base10_parse::<u32>() {
+        Ok(version) if (1..=MAX_SCHEMA_VERSION).contains(&version) => Ok(version),
+        _ => Err(syn::Error::new(lit.span(), range)),
+    }
+}
+
+/// The span to point at for a variant's type name: its `name = "..."` literal when pinned.
+pub(crate) fn name_span(options: &VariantOptions, variant: &syn::Variant) -> Span {
+    options
+        .name
+        .as_ref()
+        .map_or_else(|| variant.ident.span(), |(_, span)| *span)
+}
+
+/// `#[serde(...)]` attributes among `attrs`, to carry over to a generated helper.
+pub(crate) fn serde_attrs(attrs: &[Attribute]) -> Vec<Attribute> {
+    attrs
+        .iter()
+        .filter(|a| a.path().is_ident("serde"))
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,11 @@
+use eventsource::DomainEvent;
+
+#[derive(DomainEvent)]
+pub enum OrderEvent {
+    #[event]
+    A,
+    #[event = "B"]
+    B,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use eventsource::DomainEvent;
+
+#[derive(DomainEvent)]
+pub enum NoEvents {}
+
+fn main() {}

@@ -1,0 +1,8 @@
+use eventsource::DomainEvent;
+
+#[derive(DomainEvent)]
+pub struct Placed {
+    pub customer: String,
+}
+
+fn main() {}

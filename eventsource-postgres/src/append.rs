@@ -1,0 +1,275 @@
+//! Appending: one statement, one round trip, conflicts from SQLSTATE and constraint names.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use eventsource_core::{
+    replayed_append, AppendResult, Conflict, EventAppender, ExpectedVersion, NewEvent, StoreError,
+    StoredEventLocation, StreamId, StreamVersion, ValidationError,
+};
+use sqlx::{PgConnection, Row};
+use uuid::Uuid;
+
+use crate::error::{
+    backend, sqlstate, unique_violation, EVENT_ID_KEY, NUMERIC_OUT_OF_RANGE, STREAM_VERSION_KEY,
+};
+use crate::row::{column, stored_feed_position, stream_version, Xid8};
+use crate::store::PostgresStore;
+
+const APPEND: &str = include_str!("sql/append.sql");
+const STORED_EVENT_IDS: &str = include_str!("sql/stored_event_ids.sql");
+const STREAM_VERSION: &str = include_str!("sql/stream_version.sql");
+
+/// How many times an `ExpectedVersion::Any` append recomputes its versions after losing a race
+/// for them before it reports the conflict.
+const ANY_RETRIES: usize = 20;
+
+/// What one run of the append statement did.
+enum Attempt {
+    Appended(AppendResult),
+    /// The expectation did not hold at the version the statement saw.
+    Refused {
+        current: StreamVersion,
+    },
+}
+
+#[async_trait]
+impl EventAppender for PostgresStore {
+    /// Appends in one `INSERT ... SELECT FROM UNNEST` statement outside any explicit
+    /// transaction: one round trip, and the insert is its transaction's first write, which the
+    /// feed's ordering relies on. Each retry of an `Any` append runs as a new transaction.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        self.append_via(None, stream, expected, events).await
+    }
+}
+
+impl PostgresStore {
+    /// Appends inside the caller's open transaction, so the events commit (or roll back) with
+    /// the caller's other writes.
+    ///
+    /// **The feed-order rule:** the global feed orders events by the id of the transaction that
+    /// wrote them, which PostgreSQL assigns at a transaction's first write. Make this append the
+    /// transaction's *first write*; a transaction that wrote something else first holds an older
+    /// id, and another writer's events appended (and committed) in between would come before
+    /// its events in the feed, whatever their stream versions. Do not retry a conflict inside the
+    /// same transaction (with a savepoint): a conflict aborts the transaction; retry in a new one.
+    ///
+    /// A conflict leaves the caller's transaction aborted: roll it back.
+    pub async fn append_in(
+        &self,
+        transaction: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        self.append_via(Some(transaction), stream, expected, events)
+            .await
+    }
+
+    /// Runs the append statement on `transaction`, or on the pool (autocommit) when `None`.
+    async fn append_via(
+        &self,
+        mut transaction: Option<&mut PgConnection>,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let encoded = self.limits.check_append(stream, expected, &events)?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        // check_append bounded schema versions by i32::MAX.
+        let schema_versions: Vec<i32> = events
+            .iter()
+            .map(|e| i32::try_from(e.schema_version).unwrap_or(i32::MAX))
+            .collect();
+        let payloads: Vec<&str> = encoded.iter().map(|e| e.payload_json.as_str()).collect();
+        let metadata: Vec<&str> = encoded.iter().map(|e| e.metadata_json.as_str()).collect();
+        let (low, high) = expected.accepted_range();
+        let operation = || format!("append {} events to {stream}", events.len());
+
+        let mut retries = 0;
+        loop {
+            let query = sqlx::query(APPEND)
+                .bind(stream.category().as_str())
+                .bind(stream.id())
+                .bind(i64::from(low))
+                .bind(i64::from(high))
+                .bind(&ids)
+                .bind(&types)
+                .bind(&schema_versions)
+                .bind(&payloads)
+                .bind(&metadata);
+            let result = match transaction.as_deref_mut() {
+                Some(conn) => query.fetch_all(conn).await,
+                None => query.fetch_all(&self.pool).await,
+            };
+            let error = match result {
+                Ok(rows) => match read_attempt(&rows, events.len())? {
+                    Attempt::Appended(result) => return Ok(result),
+                    Attempt::Refused { current }
+                        if events.is_empty() && expected.accepts(current) =>
+                    {
+                        return Ok(AppendResult {
+                            stream_version: current,
+                            positions: Vec::new(),
+                            already_stored: false,
+                        });
+                    }
+                    Attempt::Refused { current } => {
+                        if !events.is_empty() {
+                            if let Some(replay) = self.replay(stream, &events).await? {
+                                return Ok(replay);
+                            }
+                        }
+                        return Err(Conflict {
+                            stream: stream.clone(),
+                            expected,
+                            actual: current,
+                        }
+                        .into());
+                    }
+                },
+                Err(error) => error,
+            };
+            // In the caller's transaction, any error has aborted it: no retry there.
+            let can_retry = transaction.is_none();
+            match unique_violation(&error) {
+                Some(EVENT_ID_KEY) => {
+                    if let Some(replay) = self.replay(stream, &events).await? {
+                        return Ok(replay);
+                    }
+                    if can_retry {
+                        // The stored copy was rolled back meanwhile: try again.
+                        continue;
+                    }
+                }
+                Some(STREAM_VERSION_KEY) => {
+                    // A concurrent writer committed the versions this statement computed.
+                    if expected == ExpectedVersion::Any && can_retry && retries < ANY_RETRIES {
+                        retries += 1;
+                        continue;
+                    }
+                    if let Some(replay) = self.replay(stream, &events).await? {
+                        return Ok(replay);
+                    }
+                    return Err(Conflict {
+                        stream: stream.clone(),
+                        expected,
+                        actual: self.current_version(stream).await?,
+                    }
+                    .into());
+                }
+                _ => {}
+            }
+            if sqlstate(&error).as_deref() == Some(NUMERIC_OUT_OF_RANGE) {
+                let after = self.current_version(stream).await?;
+                return Err(ValidationError::VersionOverflow {
+                    stream: stream.clone(),
+                    after,
+                    count: events.len(),
+                }
+                .into());
+            }
+            return Err(backend(operation(), error));
+        }
+    }
+}
+
+/// Reads the append statement's rows: one per appended event, in no particular order, or one
+/// with a NULL version when the expectation failed (or there was nothing to append).
+///
+/// Relies on the statement inserting all `count` events or none (one statement) with versions
+/// `previous + 1 ..= previous + count`: the positions are returned in that version order, and
+/// anything else is reported as corrupt.
+fn read_attempt(rows: &[sqlx::postgres::PgRow], count: usize) -> Result<Attempt, StoreError> {
+    let Some(first) = rows.first() else {
+        return Err(crate::error::corrupt(
+            "the append statement returned no row",
+        ));
+    };
+    let previous = stream_version(column(first, "previous_version")?)?;
+    if column::<Option<i64>>(first, "version")?.is_none() {
+        return Ok(Attempt::Refused { current: previous });
+    }
+    let mut appended = Vec::with_capacity(rows.len());
+    for row in rows {
+        let version = stream_version(column(row, "version")?)?;
+        let position = stored_feed_position(
+            column::<Xid8>(row, "transaction_id")?,
+            column(row, "position")?,
+        )?;
+        appended.push((version, position));
+    }
+    appended.sort_unstable_by_key(|(version, _)| *version);
+    let in_sequence = appended.len() == count
+        && appended
+            .iter()
+            .zip(1u64..)
+            .all(|((version, _), n)| previous.get().checked_add(n) == Some(version.get()));
+    let Some(&(last, _)) = appended.last().filter(|_| in_sequence) else {
+        return Err(crate::error::corrupt(format!(
+            "the append statement returned {} rows that are not versions {} to {previous} + {count}",
+            appended.len(),
+            previous.get().saturating_add(1),
+        )));
+    };
+    Ok(Attempt::Appended(AppendResult {
+        stream_version: last,
+        positions: appended.into_iter().map(|(_, position)| position).collect(),
+        already_stored: false,
+    }))
+}
+
+impl PostgresStore {
+    /// If some of `events` are already stored, decides whether this append is a retry of the
+    /// append that stored them (see [`replayed_append`]). `None` when none is stored.
+    async fn replay(
+        &self,
+        stream: &StreamId,
+        events: &[NewEvent],
+    ) -> Result<Option<AppendResult>, StoreError> {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let rows = sqlx::query(STORED_EVENT_IDS)
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(|e| backend(format!("look up stored event ids for {stream}"), e))?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let mut stored = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let category: String = column(row, "category")?;
+            let id: String = column(row, "stream_id")?;
+            let location = StoredEventLocation {
+                stream_id: StreamId::new(category, id)?,
+                version: stream_version(column(row, "version")?)?,
+                position: stored_feed_position(
+                    column(row, "transaction_id")?,
+                    column(row, "position")?,
+                )?,
+            };
+            stored.insert(column::<Uuid>(row, "event_id")?, location);
+        }
+        replayed_append(stream, events, &stored).map(Some)
+    }
+
+    /// The current version of `stream`, read directly (every committed event).
+    pub async fn current_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
+        let row = sqlx::query(STREAM_VERSION)
+            .bind(stream.category().as_str())
+            .bind(stream.id())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| backend(format!("read the version of {stream}"), e))?;
+        stream_version(
+            row.try_get("version")
+                .map_err(|e| backend("read a stream version", e))?,
+        )
+    }
+}

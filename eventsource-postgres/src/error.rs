@@ -1,0 +1,40 @@
+//! Turning sqlx errors into the store's typed errors, by SQLSTATE and constraint name.
+
+use eventsource_core::StoreError;
+
+/// SQLSTATE of a unique violation.
+const UNIQUE_VIOLATION: &str = "23505";
+/// SQLSTATE of a numeric value out of range (a version past `bigint`).
+pub(crate) const NUMERIC_OUT_OF_RANGE: &str = "22003";
+
+/// The unique constraint that makes two writers of one version collide.
+pub(crate) const STREAM_VERSION_KEY: &str = "events_stream_version_key";
+/// The unique constraint on event ids (idempotent appends).
+pub(crate) const EVENT_ID_KEY: &str = "events_event_id_key";
+
+/// The SQLSTATE of a database error, if `error` is one.
+pub(crate) fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned())
+}
+
+/// The constraint a unique violation hit, if `error` is one.
+pub(crate) fn unique_violation(error: &sqlx::Error) -> Option<&str> {
+    let db = error.as_database_error()?;
+    if db.code().as_deref() != Some(UNIQUE_VIOLATION) {
+        return None;
+    }
+    db.constraint()
+}
+
+/// Wraps a driver error with what the store was doing.
+pub(crate) fn backend(operation: impl Into<String>, error: sqlx::Error) -> StoreError {
+    StoreError::backend(operation, error)
+}
+
+/// Reports stored data that cannot be what the schema promises.
+pub(crate) fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { what: what.into() }
+}

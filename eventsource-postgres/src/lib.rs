@@ -1,0 +1,26 @@
+//! The PostgreSQL event store for eventsource.
+//!
+//! - [`PostgresStore`]: versioned appends in one statement, stream reads, and the global feed
+//!   read below the transaction-id horizon, so it never skips an event that commits late;
+//! - [`PostgresStore::migrate`]: creates the `eventsource` schema from `migrations/`;
+//! - [`projection`]: projection runners, rebuilds, dead letters and lag;
+//! - [`LocalServer`]: a throwaway server from the installed binaries, for development;
+//! - [`testing`]: a fresh database per test.
+#![deny(missing_docs)]
+
+mod append;
+mod error;
+mod feed_guard;
+mod listener;
+pub mod local_server;
+pub mod projection;
+mod read_feed;
+mod read_stream;
+mod row;
+mod store;
+mod subscribe;
+pub mod testing;
+
+pub use listener::ListenerStats;
+pub use local_server::LocalServer;
+pub use store::{PostgresStore, DEFAULT_DATABASE_URL};

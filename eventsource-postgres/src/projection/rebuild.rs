@@ -1,0 +1,236 @@
+//! Rebuilding a projection: replay from the start into shadow tables, then swap them in.
+//!
+//! **Readers never see a half-built read model.** The rebuild creates the projection's tables
+//! in a private schema (`<projection>_rebuild`), replays the whole feed into them, and then, in
+//! one transaction, drops the live tables and moves the new ones into the projection's schema
+//! together with the checkpoint. Readers of the live tables keep reading the old model during
+//! the replay; during the swap transaction (milliseconds) they wait on its lock, then read the
+//! new tables. Views or foreign keys that depend on the live tables make the swap fail: drop
+//! and recreate them around a rebuild.
+//!
+//! While it runs, the rebuild holds the projection's runner lock, so live runners of the
+//! projection stand by (a live runner that is active when the rebuild starts keeps the lock:
+//! the rebuild waits for it; stop it first). When the rebuild ends they take over from the
+//! rebuilt checkpoint. An interrupted rebuild resumes from its own checkpoint on the next call,
+//! unless [`RebuildOptions::fresh`] is set.
+
+use std::time::Duration;
+
+use eventsource_core::{FeedFilter, FeedPosition, FeedReader};
+use sqlx::{Connection, PgConnection, Row};
+
+use super::error::ProjectionError;
+use super::scope::{check_identifier, quoted, set_search_path};
+use super::{checkpoint, lock, Projection};
+use crate::store::PostgresStore;
+
+const COUNT_EVENTS: &str = include_str!("sql/count_events.sql");
+
+/// How a rebuild runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildOptions {
+    /// Events per transaction (default 1,000).
+    pub batch_size: usize,
+    /// Discard an interrupted rebuild instead of resuming it.
+    pub fresh: bool,
+    /// How often to retry taking the projection's lock while a runner holds it (default 1 s).
+    pub lock_retry: Duration,
+}
+
+impl Default for RebuildOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 1_000,
+            fresh: false,
+            lock_retry: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Progress of a rebuild: events applied of the events to apply (the total grows while
+/// writers append).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildProgress {
+    /// Events applied so far (including those of an interrupted run that this one resumed).
+    pub done: u64,
+    /// Events the projection wants, as last counted.
+    pub total: u64,
+}
+
+/// Rebuilds `projection` from the start of the feed (see the [module documentation](self)),
+/// calling `progress` after each batch. Returns the checkpoint the live model continues from.
+pub async fn rebuild<P: Projection>(
+    store: &PostgresStore,
+    projection: &P,
+    options: RebuildOptions,
+    mut progress: impl FnMut(RebuildProgress) + Send,
+) -> Result<FeedPosition, ProjectionError> {
+    let name = projection.name();
+    // The shadow schema is `<name>_rebuild`, itself an identifier of at most 63 bytes.
+    check_identifier(name, "projection name", &format!("{name}_rebuild"))?;
+    check_identifier(name, "schema", projection.schema())?;
+    for table in projection.tables() {
+        check_identifier(name, "table", table)?;
+    }
+    let connect_options = (*store.pool().connect_options()).clone();
+    let mut conn = loop {
+        if let Some(conn) = lock::try_acquire(&connect_options, name).await? {
+            break conn;
+        }
+        tracing::info!(
+            projection = name,
+            "waiting for the active runner to stop before rebuilding"
+        );
+        tokio::time::sleep(options.lock_retry).await;
+    };
+    let result = replay_and_swap(store, projection, &options, &mut progress, &mut conn).await;
+    let _ = conn.close().await;
+    result
+}
+
+async fn replay_and_swap<P: Projection>(
+    store: &PostgresStore,
+    projection: &P,
+    options: &RebuildOptions,
+    progress: &mut (impl FnMut(RebuildProgress) + Send),
+    conn: &mut PgConnection,
+) -> Result<FeedPosition, ProjectionError> {
+    let name = projection.name();
+    let shadow = format!("{name}_rebuild");
+    let rebuild_checkpoint = format!("{name}#rebuild");
+    let filter = projection.filter();
+    let db = |op: &'static str| move |e| ProjectionError::database(name, op, e);
+
+    // Start (or resume) the shadow model.
+    let mut position = {
+        let mut tx = conn.begin().await.map_err(db("begin the rebuild"))?;
+        let resumed = checkpoint::read_for_update(&mut tx, name, &rebuild_checkpoint).await?;
+        let position = match resumed {
+            Some(position) if !options.fresh => position,
+            _ => {
+                for statement in [
+                    format!("DROP SCHEMA IF EXISTS {} CASCADE", quoted(&shadow)),
+                    format!("CREATE SCHEMA {}", quoted(&shadow)),
+                ] {
+                    sqlx::query(&statement)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db("create the shadow schema"))?;
+                }
+                set_search_path(name, &mut tx, &shadow).await?;
+                projection
+                    .setup(&mut tx)
+                    .await
+                    .map_err(|e| ProjectionError::SetupFailed {
+                        projection: name.to_owned(),
+                        error: e.to_string(),
+                    })?;
+                checkpoint::write(&mut tx, name, &rebuild_checkpoint, FeedPosition::START).await?;
+                FeedPosition::START
+            }
+        };
+        tx.commit().await.map_err(db("commit the rebuild start"))?;
+        position
+    };
+
+    let mut done = count(store, name, &filter, Some(position)).await?;
+    let mut total = count(store, name, &filter, None).await?.max(done);
+    progress(RebuildProgress { done, total });
+    loop {
+        let batch = store
+            .read_feed_batch(position, options.batch_size, &filter)
+            .await?;
+        if batch.next != position {
+            let mut tx = conn.begin().await.map_err(db("begin a rebuild batch"))?;
+            checkpoint::lock_in_schema(&mut tx, name, &rebuild_checkpoint, &shadow).await?;
+            if !batch.events.is_empty() {
+                if let Err(error) = projection.handle(&mut tx, &batch.events).await {
+                    return Err(ProjectionError::handler_failed(
+                        name,
+                        &batch.events[0],
+                        1,
+                        format!("{error} (in the rebuild batch starting here)"),
+                    ));
+                }
+            }
+            checkpoint::write(&mut tx, name, &rebuild_checkpoint, batch.next).await?;
+            tx.commit().await.map_err(db("commit a rebuild batch"))?;
+            position = batch.next;
+            done += batch.events.len() as u64;
+            total = total.max(done);
+            progress(RebuildProgress { done, total });
+        }
+        if batch.reached_head {
+            break;
+        }
+    }
+
+    // Swap: the live tables go, the rebuilt ones move in, with the checkpoint, atomically.
+    let live = projection.schema();
+    let mut tx = conn.begin().await.map_err(db("begin the swap"))?;
+    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", quoted(live)))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("create the live schema"))?;
+    for table in projection.tables() {
+        let row = sqlx::query("SELECT to_regclass($1) IS NOT NULL AS present")
+            .bind(format!("{}.{}", quoted(live), quoted(table)))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("look up a live table"))?;
+        let present: bool = row.try_get("present").map_err(db("look up a live table"))?;
+        if present {
+            sqlx::query(&format!("DROP TABLE {}.{}", quoted(live), quoted(table)))
+                .execute(&mut *tx)
+                .await
+                .map_err(db(
+                    "drop a live table (do views or foreign keys depend on it?)",
+                ))?;
+        }
+        sqlx::query(&format!(
+            "ALTER TABLE {}.{} SET SCHEMA {}",
+            quoted(&shadow),
+            quoted(table),
+            quoted(live)
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(db(
+            "move a rebuilt table in (did setup create every table of tables()?)",
+        ))?;
+    }
+    checkpoint::write(&mut tx, name, name, position).await?;
+    sqlx::query("DELETE FROM eventsource.checkpoints WHERE name = $1")
+        .bind(&rebuild_checkpoint)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("drop the rebuild checkpoint"))?;
+    sqlx::query(&format!("DROP SCHEMA {} CASCADE", quoted(&shadow)))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("drop the shadow schema"))?;
+    tx.commit().await.map_err(db("commit the swap"))?;
+    tracing::info!(projection = name, events = done, "rebuilt and swapped in");
+    Ok(position)
+}
+
+/// Events `filter` wants, up to `upto` (all when `None`).
+async fn count(
+    store: &PostgresStore,
+    name: &str,
+    filter: &FeedFilter,
+    upto: Option<FeedPosition>,
+) -> Result<u64, ProjectionError> {
+    let row = sqlx::query(COUNT_EVENTS)
+        .bind(filter.category_names())
+        .bind(filter.event_types.as_deref())
+        .bind(upto.map(|p| p.transaction_id.to_string()))
+        .bind(upto.map(|p| i64::try_from(p.global_position.get()).unwrap_or(i64::MAX)))
+        .fetch_one(store.pool())
+        .await
+        .map_err(|e| ProjectionError::database(name, "count events", e))?;
+    let events: i64 = row
+        .try_get("events")
+        .map_err(|e| ProjectionError::database(name, "count events", e))?;
+    Ok(u64::try_from(events).unwrap_or(0))
+}

@@ -1,0 +1,481 @@
+//! The projection runner: catch up from the checkpoint, follow the feed live, one active runner
+//! per projection across processes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eventsource_core::{FeedBatch, FeedPosition, FeedReader, RecordedEvent, Subscribe};
+use sqlx::{Connection, PgConnection};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::error::ProjectionError;
+use super::scope::{check_identifier, set_search_path};
+use super::{checkpoint, dead_letters, lock, Projection};
+use crate::store::PostgresStore;
+
+/// What the runner does when the handler keeps failing on an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Stop with [`ProjectionError::HandlerFailed`]; the checkpoint stays before the event.
+    Stop,
+    /// Park the event in `eventsource.dead_letters` with its error, move past it, go on.
+    DeadLetter,
+}
+
+/// Bounded retries with exponential backoff, then [`OnFailure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailurePolicy {
+    /// Attempts per batch (and per event, when the runner narrows a failing batch down), at
+    /// least 1.
+    pub max_attempts: u32,
+    /// The wait after the first failure; doubled after each further one.
+    pub backoff: Duration,
+    /// What to do once the attempts are spent.
+    pub on_failure: OnFailure,
+}
+
+impl Default for FailurePolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff: Duration::from_millis(200),
+            on_failure: OnFailure::Stop,
+        }
+    }
+}
+
+/// How a runner reads, waits and fails.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerOptions {
+    /// Events examined per batch and transaction (default 500).
+    pub batch_size: usize,
+    /// Re-read interval when no notification comes (default 1 s).
+    pub poll_interval: Duration,
+    /// How often a standby tries to become active (default 1 s).
+    pub standby_retry: Duration,
+    /// What to do when the handler fails.
+    pub failure: FailurePolicy,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
+            standby_retry: Duration::from_secs(1),
+            failure: FailurePolicy::default(),
+        }
+    }
+}
+
+/// Where a runner is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerState {
+    /// Not started.
+    Starting,
+    /// Another runner of the projection is active; this one waits to take over.
+    Standby,
+    /// Active, behind the head.
+    CatchingUp,
+    /// Active, at the head, following new events.
+    Live,
+    /// Shut down on request.
+    Stopped,
+    /// Stopped by an error.
+    Failed,
+}
+
+/// A runner's observable progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerStatus {
+    /// Where it is.
+    pub state: RunnerState,
+    /// The checkpoint it last committed.
+    pub position: FeedPosition,
+    /// Events applied by this runner.
+    pub events_applied: u64,
+    /// Events this runner parked as dead letters.
+    pub dead_lettered: u64,
+    /// Times this runner became the active one.
+    pub activations: u64,
+}
+
+/// Runs one projection: see the [module documentation](super).
+pub struct ProjectionRunner<P> {
+    store: PostgresStore,
+    projection: Arc<P>,
+    options: RunnerOptions,
+    status: watch::Sender<RunnerStatus>,
+}
+
+/// Why an attempt at a batch failed.
+enum BatchError {
+    /// The handler failed: retry, then apply the failure policy.
+    Handler(String),
+    /// The runner's own work failed (connection, checkpoint): give up being active.
+    Runner(ProjectionError),
+}
+
+impl<P: Projection> ProjectionRunner<P> {
+    /// A runner of `projection` on `store`, with default options.
+    pub fn new(store: PostgresStore, projection: P) -> Self {
+        Self::with_shared(store, Arc::new(projection))
+    }
+
+    /// A runner of a shared projection.
+    pub fn with_shared(store: PostgresStore, projection: Arc<P>) -> Self {
+        let (status, _) = watch::channel(RunnerStatus {
+            state: RunnerState::Starting,
+            position: FeedPosition::START,
+            events_applied: 0,
+            dead_lettered: 0,
+            activations: 0,
+        });
+        Self {
+            store,
+            projection,
+            options: RunnerOptions::default(),
+            status,
+        }
+    }
+
+    /// Replaces the options.
+    pub fn with_options(mut self, options: RunnerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Watches the runner's status.
+    pub fn status(&self) -> watch::Receiver<RunnerStatus> {
+        self.status.subscribe()
+    }
+
+    /// Runs until `shutdown` is cancelled (then `Ok`) or the failure policy stops it.
+    ///
+    /// While another runner of the same projection is active anywhere, this one stands by and
+    /// retries every `standby_retry`; when the active one dies or loses its connection, one
+    /// standby takes over from the checkpoint. Losing its own connection sends a runner back to
+    /// standby. On shutdown the batch in hand is finished (or rolled back), never half-applied.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), ProjectionError> {
+        self.run_inner(shutdown, None).await
+    }
+
+    /// Waits to become active, applies every event committed before the call, and returns the
+    /// checkpoint (for tools and tests: the read model then reflects everything committed
+    /// before the call). If such an event waits behind a write transaction still open on the
+    /// server, this waits for that transaction too.
+    pub async fn run_until_caught_up(&self) -> Result<FeedPosition, ProjectionError> {
+        let target = self
+            .store
+            .head_position()
+            .await?
+            .unwrap_or(FeedPosition::START);
+        self.run_inner(CancellationToken::new(), Some(target))
+            .await?;
+        Ok(self.status.borrow().position)
+    }
+
+    /// Runs until shutdown, or (with `stop_at`) until the checkpoint has reached `stop_at`.
+    async fn run_inner(
+        &self,
+        shutdown: CancellationToken,
+        stop_at: Option<FeedPosition>,
+    ) -> Result<(), ProjectionError> {
+        let name = self.projection.name();
+        check_identifier(name, "schema", self.projection.schema())?;
+        for table in self.projection.tables() {
+            check_identifier(name, "table", table)?;
+        }
+        let options = (*self.store.pool().connect_options()).clone();
+        loop {
+            if shutdown.is_cancelled() {
+                self.set_state(RunnerState::Stopped);
+                return Ok(());
+            }
+            let outcome = match lock::try_acquire(&options, name).await {
+                Ok(Some(mut conn)) => {
+                    self.status.send_modify(|s| s.activations += 1);
+                    tracing::info!(projection = name, "runner is active");
+                    let outcome = self.active(&mut conn, &shutdown, stop_at).await;
+                    let _ = conn.close().await;
+                    Some(outcome)
+                }
+                Ok(None) => None,
+                Err(error) => Some(Err(error)),
+            };
+            match outcome {
+                Some(Ok(())) => {
+                    self.set_state(if stop_at.is_some() {
+                        RunnerState::Live
+                    } else {
+                        RunnerState::Stopped
+                    });
+                    return Ok(());
+                }
+                Some(Err(error)) if is_terminal(&error) => {
+                    self.set_state(RunnerState::Failed);
+                    tracing::error!(projection = name, %error, "runner stopped");
+                    return Err(error);
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(projection = name, %error, "runner lost its active role; standing by");
+                }
+                None => {}
+            }
+            self.set_state(RunnerState::Standby);
+            tokio::select! {
+                () = tokio::time::sleep(self.options.standby_retry) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// The active role, on the connection holding the projection's lock.
+    async fn active(
+        &self,
+        conn: &mut PgConnection,
+        shutdown: &CancellationToken,
+        stop_at: Option<FeedPosition>,
+    ) -> Result<(), ProjectionError> {
+        let mut position = self.ensure_setup(conn).await?;
+        self.status.send_modify(|s| {
+            s.position = position;
+            s.state = RunnerState::CatchingUp;
+        });
+        let mut wake = self.store.wake_signal();
+        let filter = self.projection.filter();
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            wake.borrow_and_update();
+            let batch = self
+                .store
+                .read_feed_batch(position, self.options.batch_size, &filter)
+                .await?;
+            if !batch.events.is_empty() {
+                position = self.apply_batch(conn, position, &batch).await?;
+            } else if batch.next != position {
+                // Only unwanted events: move the checkpoint past them.
+                self.move_checkpoint(conn, position, batch.next).await?;
+                position = batch.next;
+            }
+            self.status.send_modify(|s| s.position = position);
+            if !batch.reached_head {
+                continue;
+            }
+            self.set_state(RunnerState::Live);
+            if stop_at.is_some_and(|target| position >= target) {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = wake.changed() => {}
+                () = tokio::time::sleep(self.options.poll_interval) => {}
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+
+    /// Creates the read model and the checkpoint on the first run; returns the checkpoint.
+    async fn ensure_setup(&self, conn: &mut PgConnection) -> Result<FeedPosition, ProjectionError> {
+        let name = self.projection.name();
+        let db = |op: &'static str| move |e| ProjectionError::database(name, op, e);
+        let mut tx = conn.begin().await.map_err(db("begin setup"))?;
+        // Serializes concurrent first starts: the second waits here, then finds the row.
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('eventsource.setup/' || $1, 0))",
+        )
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db("lock setup"))?;
+        if let Some(position) = checkpoint::read_for_update(&mut tx, name, name).await? {
+            tx.commit().await.map_err(db("commit setup"))?;
+            return Ok(position);
+        }
+        let schema = self.projection.schema();
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .execute(&mut *tx)
+            .await
+            .map_err(db("create the projection's schema"))?;
+        set_search_path(name, &mut tx, schema).await?;
+        self.projection
+            .setup(&mut tx)
+            .await
+            .map_err(|e| self.setup_failed(e.to_string()))?;
+        checkpoint::write(&mut tx, name, name, FeedPosition::START).await?;
+        tx.commit().await.map_err(db("commit setup"))?;
+        Ok(FeedPosition::START)
+    }
+
+    fn setup_failed(&self, error: String) -> ProjectionError {
+        ProjectionError::SetupFailed {
+            projection: self.projection.name().to_owned(),
+            error,
+        }
+    }
+
+    /// Applies a batch in one transaction, with retries; when it keeps failing, narrows it down
+    /// event by event and applies the failure policy to the event that fails. Returns the new
+    /// checkpoint.
+    async fn apply_batch(
+        &self,
+        conn: &mut PgConnection,
+        from: FeedPosition,
+        batch: &FeedBatch,
+    ) -> Result<FeedPosition, ProjectionError> {
+        match self
+            .with_retries(conn, from, &batch.events, batch.next)
+            .await?
+        {
+            None => return Ok(batch.next),
+            Some(_) if batch.events.len() == 1 => {}
+            Some(_) => tracing::warn!(
+                projection = self.projection.name(),
+                events = batch.events.len(),
+                "batch keeps failing; applying its events one by one to find the failing one"
+            ),
+        }
+        let mut position = from;
+        for event in &batch.events {
+            if let Some(error) = self
+                .with_retries(conn, position, std::slice::from_ref(event), event.position)
+                .await?
+            {
+                self.on_failure(conn, position, event, error).await?;
+            }
+            position = event.position;
+        }
+        if position != batch.next {
+            self.move_checkpoint(conn, position, batch.next).await?;
+        }
+        Ok(batch.next)
+    }
+
+    /// Tries `events` up to `max_attempts` times; `Some(last error)` if the handler never
+    /// succeeded.
+    async fn with_retries(
+        &self,
+        conn: &mut PgConnection,
+        from: FeedPosition,
+        events: &[RecordedEvent],
+        next: FeedPosition,
+    ) -> Result<Option<String>, ProjectionError> {
+        let policy = self.options.failure;
+        let mut delay = policy.backoff;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.commit_events(conn, from, events, next).await {
+                Ok(()) => {
+                    self.status
+                        .send_modify(|s| s.events_applied += events.len() as u64);
+                    return Ok(None);
+                }
+                Err(BatchError::Runner(error)) => return Err(error),
+                Err(BatchError::Handler(error)) if attempt >= policy.max_attempts.max(1) => {
+                    return Ok(Some(error));
+                }
+                Err(BatchError::Handler(error)) => {
+                    tracing::warn!(projection = self.projection.name(), attempt, %error, "handler failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = delay.saturating_mul(2);
+                }
+            }
+        }
+    }
+
+    /// One transaction: check the checkpoint is still `from`, run the handler, move the
+    /// checkpoint to `next`, commit.
+    async fn commit_events(
+        &self,
+        conn: &mut PgConnection,
+        from: FeedPosition,
+        events: &[RecordedEvent],
+        next: FeedPosition,
+    ) -> Result<(), BatchError> {
+        let name = self.projection.name();
+        let runner =
+            |op: &'static str| move |e| BatchError::Runner(ProjectionError::database(name, op, e));
+        let span = tracing::info_span!("projection_batch", projection = name, events = events.len(), from = %from, to = %next);
+        async {
+            let mut tx = conn.begin().await.map_err(runner("begin a batch"))?;
+            let found = checkpoint::lock_in_schema(&mut tx, name, name, self.projection.schema())
+                .await
+                .map_err(BatchError::Runner)?;
+            if found != Some(from) {
+                return Err(BatchError::Runner(ProjectionError::CheckpointMoved {
+                    projection: name.to_owned(),
+                    expected: from,
+                    found: found.unwrap_or(FeedPosition::START),
+                }));
+            }
+            if !events.is_empty() {
+                self.projection
+                    .handle(&mut tx, events)
+                    .await
+                    .map_err(|e| BatchError::Handler(e.to_string()))?;
+            }
+            checkpoint::write(&mut tx, name, name, next)
+                .await
+                .map_err(BatchError::Runner)?;
+            tx.commit().await.map_err(runner("commit a batch"))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Moves the checkpoint from `from` to `next` without running the handler.
+    async fn move_checkpoint(
+        &self,
+        conn: &mut PgConnection,
+        from: FeedPosition,
+        next: FeedPosition,
+    ) -> Result<(), ProjectionError> {
+        match self.commit_events(conn, from, &[], next).await {
+            Ok(()) => Ok(()),
+            Err(BatchError::Runner(error)) => Err(error),
+            // The handler is not called for an empty batch.
+            Err(BatchError::Handler(error)) => Err(self.setup_failed(error)),
+        }
+    }
+
+    /// The handler failed on `event` every time: stop, or park it and move past it.
+    async fn on_failure(
+        &self,
+        conn: &mut PgConnection,
+        from: FeedPosition,
+        event: &RecordedEvent,
+        error: String,
+    ) -> Result<(), ProjectionError> {
+        let name = self.projection.name();
+        let attempts = self.options.failure.max_attempts.max(1);
+        match self.options.failure.on_failure {
+            OnFailure::Stop => Err(ProjectionError::handler_failed(
+                name, event, attempts, error,
+            )),
+            OnFailure::DeadLetter => {
+                tracing::error!(projection = name, stream = %event.stream_id, version = %event.version, %error, "parking event as a dead letter");
+                dead_letters::park(conn, name, from, event, &error, attempts).await?;
+                self.status.send_modify(|s| s.dead_lettered += 1);
+                Ok(())
+            }
+        }
+    }
+
+    fn set_state(&self, state: RunnerState) {
+        self.status.send_modify(|s| s.state = state);
+    }
+}
+
+/// Errors that stop a runner for good (the others send it back to standby).
+fn is_terminal(error: &ProjectionError) -> bool {
+    matches!(
+        error,
+        ProjectionError::HandlerFailed(_)
+            | ProjectionError::SetupFailed { .. }
+            | ProjectionError::Invalid { .. }
+    )
+}

@@ -1,0 +1,198 @@
+//! The PostgreSQL store: a connection pool, limits, and the schema migrations.
+
+use std::sync::{Arc, OnceLock};
+
+use eventsource_core::{FeedPosition, Limits, StoreError, WakeSignal};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+
+use crate::error::backend;
+use crate::listener::ListenerStats;
+use crate::row::{column, feed_position};
+
+/// The server tried when no URL is given: a local PostgreSQL with trust authentication.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+const HEAD_POSITION: &str = include_str!("sql/head_position.sql");
+
+/// The schema migrations, embedded from the workspace's `migrations/` folder.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// An advisory lock key serializing concurrent `migrate` calls ("eventsrc" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6576_656e_7473_7263;
+
+/// The PostgreSQL event store. Cloning it is cheap and shares the pool.
+///
+/// All tables live in the `eventsource` schema; create them with [`PostgresStore::migrate`].
+///
+/// ```no_run
+/// use eventsource_postgres::PostgresStore;
+/// # async fn run() -> Result<(), eventsource_core::StoreError> {
+/// let store = PostgresStore::connect("postgres://postgres@127.0.0.1:5432/postgres").await?;
+/// store.migrate().await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct PostgresStore {
+    pub(crate) pool: PgPool,
+    pub(crate) limits: Limits,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// State shared by the clones of one store.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// The wake-up signal of the store's one listener, started by the first subscription.
+    pub(crate) signal: OnceLock<WakeSignal>,
+    pub(crate) listener_stats: Arc<ListenerStats>,
+    /// Set once the stored transaction ids were found consistent with the cluster's.
+    pub(crate) ids_checked: OnceLock<()>,
+    /// Whether subscriptions listen for notifications (else they only poll).
+    pub(crate) notifications_off: bool,
+}
+
+impl PostgresStore {
+    /// A store over an existing pool, with default limits.
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            limits: Limits::default(),
+            shared: Arc::default(),
+        }
+    }
+
+    /// Connects a pool of up to 10 connections to `url`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect(url)
+            .await
+            .map_err(|e| backend(format!("connect to PostgreSQL at {}", redact(url)), e))?;
+        Ok(Self::new(pool))
+    }
+
+    /// The same store enforcing other limits.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The same store with subscriptions that only poll, never LISTEN (for servers behind a
+    /// pooler that does not pass notifications through). Call it before subscribing.
+    pub fn without_notifications(mut self) -> Self {
+        self.shared = Arc::new(Shared {
+            notifications_off: true,
+            ..Shared::default()
+        });
+        self
+    }
+
+    /// Counters of the store's shared LISTEN connection.
+    pub fn listener_stats(&self) -> &ListenerStats {
+        &self.shared.listener_stats
+    }
+
+    /// The limits this store enforces on appends.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// The connection pool (for read models in the same database).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes the pool and stops the store's LISTEN connection; waits for connections in use to
+    /// be returned. Subscriptions and runners of the store then fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// The feed position of the newest committed event (`None` without events): a target for
+    /// "caught up with everything committed until now".
+    pub async fn head_position(&self) -> Result<Option<FeedPosition>, StoreError> {
+        let row = sqlx::query(HEAD_POSITION)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| backend("read the head of the feed", e))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let transaction: String = column(&row, "transaction_id")?;
+        Ok(Some(feed_position(
+            &transaction,
+            column(&row, "position")?,
+        )?))
+    }
+
+    /// Creates or upgrades the `eventsource` schema. Safe to call from several processes at
+    /// once, and on every start: applied migrations are skipped.
+    ///
+    /// sqlx's migrator keeps its bookkeeping table in the `eventsource` schema, so it never mixes
+    /// with an application's own sqlx migrations in `public`.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        // One dedicated connection whose search_path puts sqlx's bookkeeping table in the
+        // eventsource schema; it never returns to the store's pool.
+        let options = (*self.pool.connect_options())
+            .clone()
+            .options([("search_path", "eventsource")]);
+        let conn = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .map_err(|e| backend("migrate: connect", e))?;
+        let migrated = migrate_on(&conn).await;
+        conn.close().await;
+        migrated
+    }
+}
+
+/// Runs the migrations on a one-connection pool (so the advisory lock and the migrations share
+/// one session).
+async fn migrate_on(conn: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(conn)
+        .await
+        .map_err(|e| backend("migrate: take the migration lock", e))?;
+    sqlx::query("CREATE SCHEMA IF NOT EXISTS eventsource")
+        .execute(conn)
+        .await
+        .map_err(|e| backend("migrate: create the eventsource schema", e))?;
+    MIGRATOR
+        .run(conn)
+        .await
+        .map_err(|e| StoreError::backend("migrate: apply the eventsource migrations", e))?;
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(conn)
+        .await
+        .map_err(|e| backend("migrate: release the migration lock", e))?;
+    Ok(())
+}
+
+/// The URL with its password replaced by `***`, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

@@ -13,6 +13,12 @@ use crate::version::StreamVersion;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ExpectedVersion {
     /// Append whatever the current version is.
+    ///
+    /// A store may still have to retry when concurrent appends to the same stream take the
+    /// versions it computed; the PostgreSQL store retries such lost races on its own (with
+    /// jittered backoff, each lost round meaning another append committed) and reports a
+    /// [`Conflict`](crate::Conflict) only after a long losing streak, or at once inside a
+    /// caller's transaction, which the failed statement has aborted.
     Any,
     /// The stream must have no events.
     NoStream,

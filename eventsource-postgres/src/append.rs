@@ -1,11 +1,12 @@
 //! Appending: one statement, one round trip, conflicts from SQLSTATE and constraint names.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use eventsource_core::{
-    replayed_append, AppendResult, Conflict, EventAppender, ExpectedVersion, NewEvent, StoreError,
-    StoredEventLocation, StreamId, StreamVersion, ValidationError,
+    replayed_append, AppendResult, Conflict, EventAppender, ExpectedVersion, NewEvent, RetryPolicy,
+    StoreError, StoredEventLocation, StreamId, StreamVersion, ValidationError,
 };
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
@@ -20,9 +21,18 @@ const APPEND: &str = include_str!("sql/append.sql");
 const STORED_EVENT_IDS: &str = include_str!("sql/stored_event_ids.sql");
 const STREAM_VERSION: &str = include_str!("sql/stream_version.sql");
 
-/// How many times an `ExpectedVersion::Any` append recomputes its versions after losing a race
-/// for them before it reports the conflict.
-const ANY_RETRIES: usize = 20;
+/// How an autocommit append retries after losing a race for its versions (`ExpectedVersion::Any`)
+/// or finding its event ids held by a transaction that then rolled back.
+///
+/// Losers of one race retry together and only one of them can win each round, so a burst of `k`
+/// writers on one stream costs the last of them `k - 1` lost rounds; the jittered backoff spreads
+/// them out and the budget covers bursts far beyond the pool sizes writers use. Every lost round
+/// means another append to the stream committed, so the store as a whole always makes progress.
+const RACE_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 200,
+    base_delay: Duration::from_micros(500),
+    max_delay: Duration::from_millis(20),
+};
 
 /// What one run of the append statement did.
 enum Attempt {
@@ -37,7 +47,9 @@ enum Attempt {
 impl EventAppender for PostgresStore {
     /// Appends in one `INSERT ... SELECT FROM UNNEST` statement outside any explicit
     /// transaction: one round trip, and the insert is its transaction's first write, which the
-    /// feed's ordering relies on. Each retry of an `Any` append runs as a new transaction.
+    /// feed's ordering relies on. An `Any` append that loses the race for its versions to a
+    /// concurrent writer retries, each time as a new transaction, after a jittered backoff
+    /// (up to 200 attempts).
     async fn append(
         &self,
         stream: &StreamId,
@@ -92,7 +104,7 @@ impl PostgresStore {
         let (low, high) = expected.accepted_range();
         let operation = || format!("append {} events to {stream}", events.len());
 
-        let mut retries = 0;
+        let mut lost_races = 0;
         loop {
             let query = sqlx::query(APPEND)
                 .bind(stream.category().as_str())
@@ -137,7 +149,7 @@ impl PostgresStore {
                 Err(error) => error,
             };
             // In the caller's transaction, any error has aborted it: no retry there.
-            let can_retry = transaction.is_none();
+            let can_retry = transaction.is_none() && lost_races + 1 < RACE_RETRY.max_attempts;
             match unique_violation(&error) {
                 Some(EVENT_ID_KEY) => {
                     if let Some(replay) = self.replay(stream, &events).await? {
@@ -145,13 +157,15 @@ impl PostgresStore {
                     }
                     if can_retry {
                         // The stored copy was rolled back meanwhile: try again.
+                        lost_races += 1;
                         continue;
                     }
                 }
                 Some(STREAM_VERSION_KEY) => {
                     // A concurrent writer committed the versions this statement computed.
-                    if expected == ExpectedVersion::Any && can_retry && retries < ANY_RETRIES {
-                        retries += 1;
+                    if expected == ExpectedVersion::Any && can_retry {
+                        lost_races += 1;
+                        tokio::time::sleep(RACE_RETRY.delay_after(lost_races)).await;
                         continue;
                     }
                     if let Some(replay) = self.replay(stream, &events).await? {

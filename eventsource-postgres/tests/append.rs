@@ -1,0 +1,162 @@
+//! Appends on PostgreSQL beyond the shared contract: lost version races under `Any` and the
+//! append-only event table.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use eventsource_core::{
+    EventAppender, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StreamId, StreamReader,
+    StreamVersion,
+};
+use eventsource_postgres::testing::TestDatabase;
+use eventsource_postgres::PostgresStore;
+use futures::TryStreamExt;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn stream(id: &str) -> StreamId {
+    StreamId::new("append", id).expect("valid stream id")
+}
+
+fn event(n: usize) -> NewEvent {
+    NewEvent::new("Happened", 1, json!({ "n": n }), EventMetadata::default())
+}
+
+/// How many backends of this database wait for a lock (here: for another transaction's
+/// uncommitted index entry).
+async fn lock_waiters(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .fetch_one(pool)
+    .await
+    .expect("read pg_stat_activity")
+}
+
+/// Many `Any` appends queue behind a transaction holding the stream's next version. When it
+/// commits, all of them lose the race for that version at once, and they keep losing to each
+/// other: one winner per round. Every one of them must still land, with no gap and no
+/// duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn any_appends_that_keep_losing_races_all_land() {
+    const QUEUED: usize = 48;
+    let db = TestDatabase::create().await.expect("test database");
+    let pool = db.pool(QUEUED as u32 + 4).await.expect("pool");
+    let store = PostgresStore::new(pool.clone());
+    store.migrate().await.expect("migrate");
+    let target = stream("hot");
+
+    let mut holder = pool.begin().await.expect("begin");
+    let held = event(0);
+    let mut expected_ids = vec![held.event_id];
+    store
+        .append_in(&mut holder, &target, ExpectedVersion::Any, vec![held])
+        .await
+        .expect("append in the held transaction");
+
+    let mut appends = Vec::new();
+    for n in 1..=QUEUED {
+        let (store, target) = (store.clone(), target.clone());
+        let new = event(n);
+        expected_ids.push(new.event_id);
+        appends.push(tokio::spawn(async move {
+            store.append(&target, ExpectedVersion::Any, vec![new]).await
+        }));
+    }
+    // Every queued append blocks on the held transaction's version 1.
+    let mut waited = 0;
+    while lock_waiters(&pool).await < QUEUED as i64 {
+        waited += 1;
+        assert!(
+            waited < 6000,
+            "the appends queue behind the held transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    holder.commit().await.expect("commit the held transaction");
+
+    let mut versions = Vec::new();
+    for append in appends {
+        let result = append
+            .await
+            .expect("append task")
+            .expect("an Any append never reports a conflict it can retry");
+        assert_eq!(result.positions.len(), 1);
+        assert!(!result.already_stored);
+        versions.push(result.stream_version.get());
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (2..=QUEUED as u64 + 1).collect::<Vec<_>>());
+
+    let stored: Vec<RecordedEvent> = store
+        .read_stream(&target, StreamVersion::INITIAL)
+        .try_collect()
+        .await
+        .expect("read the stream");
+    let stored_versions: Vec<u64> = stored.iter().map(|e| e.version.get()).collect();
+    assert_eq!(stored_versions, (1..=QUEUED as u64 + 1).collect::<Vec<_>>());
+    let stored_ids: HashSet<Uuid> = stored.iter().map(|e| e.event_id).collect();
+    assert_eq!(stored_ids, expected_ids.into_iter().collect::<HashSet<_>>());
+}
+
+/// The SQLSTATE of a failed statement.
+fn sqlstate(error: sqlx::Error) -> String {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|code| code.into_owned())
+        .unwrap_or_else(|| panic!("a database error, got {error}"))
+}
+
+/// Stored events cannot be changed or removed by ordinary SQL; only a transaction that opts
+/// in with `SET LOCAL eventsource.allow_event_changes = 'on'` can (the administrative path).
+#[tokio::test]
+async fn events_are_append_only() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("migrated store");
+    let pool = store.pool().clone();
+    let target = stream("facts");
+    store
+        .append(&target, ExpectedVersion::NoStream, vec![event(1), event(2)])
+        .await
+        .expect("append");
+
+    for statement in [
+        "UPDATE eventsource.events SET payload = '{\"n\": 99}'",
+        "DELETE FROM eventsource.events WHERE version = 2",
+        "TRUNCATE eventsource.events",
+    ] {
+        let error = sqlx::query(statement)
+            .execute(&pool)
+            .await
+            .expect_err(statement);
+        assert_eq!(sqlstate(error), "42501", "{statement} is refused");
+    }
+    let payloads: Vec<serde_json::Value> =
+        sqlx::query_scalar("SELECT payload FROM eventsource.events ORDER BY version")
+            .fetch_all(&pool)
+            .await
+            .expect("read payloads");
+    assert_eq!(payloads, vec![json!({ "n": 1 }), json!({ "n": 2 })]);
+
+    // The administrative path: only inside a transaction that opts in.
+    let mut admin = pool.begin().await.expect("begin");
+    sqlx::query("SET LOCAL eventsource.allow_event_changes = 'on'")
+        .execute(&mut *admin)
+        .await
+        .expect("opt in");
+    let changed = sqlx::query("UPDATE eventsource.events SET metadata = '{}' WHERE version = 1")
+        .execute(&mut *admin)
+        .await
+        .expect("the administrative path may change events")
+        .rows_affected();
+    assert_eq!(changed, 1);
+    admin.commit().await.expect("commit");
+    let error = sqlx::query("DELETE FROM eventsource.events")
+        .execute(&pool)
+        .await
+        .expect_err("the opt-in ends with its transaction");
+    assert_eq!(sqlstate(error), "42501");
+}

@@ -47,16 +47,24 @@ enum Attempt {
 impl EventAppender for PostgresStore {
     /// Appends in one `INSERT ... SELECT FROM UNNEST` statement outside any explicit
     /// transaction: one round trip, and the insert is its transaction's first write, which the
-    /// feed's ordering relies on. An `Any` append that loses the race for its versions to a
-    /// concurrent writer retries, each time as a new transaction, after a jittered backoff
-    /// (up to 200 attempts).
+    /// feed's ordering relies on.
+    ///
+    /// Subscribers are notified after the commit, by one notification shared with the appends
+    /// that complete meanwhile, rather than by the events table's trigger inside the append's
+    /// transaction, which would make concurrent appends commit one at a time.
+    ///
+    /// An `Any` append that loses the race for its versions to a concurrent writer retries,
+    /// each time as a new transaction, after a jittered backoff (up to 200 attempts).
     async fn append(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        self.append_via(None, stream, expected, events).await
+        let appended = self.append_via(None, stream, expected, events).await?;
+        // Committed: announce it (the statement told the trigger not to, see append.sql).
+        self.shared.notifier.appended(&self.pool);
+        Ok(appended)
     }
 }
 
@@ -71,7 +79,8 @@ impl PostgresStore {
     /// its events in the feed, whatever their stream versions. Do not retry a conflict inside the
     /// same transaction (with a savepoint): a conflict aborts the transaction; retry in a new one.
     ///
-    /// A conflict leaves the caller's transaction aborted: roll it back.
+    /// Subscribers are notified when the caller's transaction commits (by the events table's
+    /// trigger). A conflict leaves the caller's transaction aborted: roll it back.
     pub async fn append_in(
         &self,
         transaction: &mut PgConnection,
@@ -115,7 +124,8 @@ impl PostgresStore {
                 .bind(&types)
                 .bind(&schema_versions)
                 .bind(&payloads)
-                .bind(&metadata);
+                .bind(&metadata)
+                .bind(if transaction.is_none() { "on" } else { "off" });
             let result = match transaction.as_deref_mut() {
                 Some(conn) => query.fetch_all(conn).await,
                 None => query.fetch_all(&self.pool).await,

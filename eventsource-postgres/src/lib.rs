@@ -12,6 +12,7 @@ mod append;
 mod error;
 mod feed_guard;
 mod listener;
+mod notifier;
 pub mod local_server;
 pub mod projection;
 mod read_feed;

@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use crate::error::backend;
 use crate::listener::ListenerStats;
+use crate::notifier::Notifier;
 use crate::row::{column, feed_position};
 
 /// The server tried when no URL is given: a local PostgreSQL with trust authentication.
@@ -49,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) ids_checked: OnceLock<()>,
     /// Whether subscriptions listen for notifications (else they only poll).
     pub(crate) notifications_off: bool,
+    /// Announces the store's autocommit appends after they commit.
+    pub(crate) notifier: Notifier,
 }
 
 impl PostgresStore {

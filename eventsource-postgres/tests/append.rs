@@ -1,5 +1,5 @@
-//! Appends on PostgreSQL beyond the shared contract: lost version races under `Any` and the
-//! append-only event table.
+//! Appends on PostgreSQL beyond the shared contract: lost version races under `Any`, the
+//! append-only event table, and when appends notify subscribers.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -12,8 +12,12 @@ use eventsource_postgres::testing::TestDatabase;
 use eventsource_postgres::PostgresStore;
 use futures::TryStreamExt;
 use serde_json::json;
+use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use uuid::Uuid;
+
+/// The channel subscribers listen on.
+const CHANNEL: &str = "eventsource_events";
 
 fn stream(id: &str) -> StreamId {
     StreamId::new("append", id).expect("valid stream id")
@@ -159,4 +163,82 @@ async fn events_are_append_only() {
         .await
         .expect_err("the opt-in ends with its transaction");
     assert_eq!(sqlstate(error), "42501");
+}
+
+/// The store's append does not notify inside its transaction: the first notification a
+/// listener receives is the store's own, sent after the commit (the trigger's would come first,
+/// at the append's commit, and carry no payload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_appends_notify_after_their_commit() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("migrated store");
+    let mut listener = PgListener::connect_with(store.pool())
+        .await
+        .expect("listener");
+    listener.listen(CHANNEL).await.expect("listen");
+    for n in 1..=3 {
+        store
+            .append(&stream("notified"), ExpectedVersion::Any, vec![event(n)])
+            .await
+            .expect("append");
+        let first = listener.recv().await.expect("a notification");
+        assert_eq!(first.payload(), "after-commit", "append {n}");
+        // Drain what the appends so far announced, up to a marker sent after them.
+        sqlx::query("SELECT pg_notify($1, 'marker')")
+            .bind(CHANNEL)
+            .execute(store.pool())
+            .await
+            .expect("marker");
+        while listener.recv().await.expect("a notification").payload() != "marker" {}
+    }
+}
+
+/// A transaction that says it notifies after its commit does not notify inside it: a marker
+/// notification sent after that commit is the first one a listener receives (PostgreSQL
+/// delivers notifications in commit order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_that_notify_after_commit_skip_the_trigger() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("migrated store");
+    let mut listener = PgListener::connect_with(store.pool())
+        .await
+        .expect("listener");
+    listener.listen(CHANNEL).await.expect("listen");
+
+    let mut tx = store.pool().begin().await.expect("begin");
+    sqlx::query("SET LOCAL eventsource.notify_after_commit = 'on'")
+        .execute(&mut *tx)
+        .await
+        .expect("opt out of the trigger");
+    sqlx::query(
+        "INSERT INTO eventsource.events (event_id, category, stream_id, version, event_type, schema_version, payload)
+         VALUES (gen_random_uuid(), 'notify', '1', 1, 'Happened', 1, '{}')",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("insert");
+    tx.commit().await.expect("commit");
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(CHANNEL)
+        .execute(store.pool())
+        .await
+        .expect("marker");
+    let first = listener.recv().await.expect("a notification");
+    assert_eq!(first.payload(), "marker", "the insert did not notify");
+
+    // Without the setting, the trigger notifies at commit, before the next marker.
+    sqlx::query(
+        "INSERT INTO eventsource.events (event_id, category, stream_id, version, event_type, schema_version, payload)
+         VALUES (gen_random_uuid(), 'notify', '1', 2, 'Happened', 1, '{}')",
+    )
+    .execute(store.pool())
+    .await
+    .expect("insert");
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(CHANNEL)
+        .execute(store.pool())
+        .await
+        .expect("marker");
+    let first = listener.recv().await.expect("a notification");
+    assert_eq!(first.payload(), "", "the trigger notified at commit");
 }

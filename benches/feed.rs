@@ -9,7 +9,7 @@
 //!
 //! What each baseline does, and what it leaves out that the framework does:
 //!
-//! - **append**: one `INSERT ... SELECT FROM UNNEST` of the same rows (same columns, the same
+//! - **append** (one writer, then 16 concurrent writers): one `INSERT ... SELECT FROM UNNEST` of the same rows (same columns, the same
 //!   JSON text) into a plain table with the same unique keys, versions from a `MAX` subquery.
 //!   It checks no expected version, has no typed conflicts or idempotent retries, stores no
 //!   transaction id, keeps no feed index, notifies nobody and returns no positions.
@@ -43,6 +43,8 @@ use sqlx::PgPool;
 const ROUNDS: usize = 10;
 /// Appends of one event per round (each side).
 const SINGLE_APPENDS: usize = 200;
+/// Concurrent writers in the concurrent-append comparison (they share `SINGLE_APPENDS`).
+const WRITERS: usize = 16;
 /// Appends of `BATCH` events per round (each side).
 const BATCH_APPENDS: usize = 20;
 const BATCH: usize = 100;
@@ -51,7 +53,7 @@ const READ_ROUNDS: usize = 5;
 /// Deliveries measured (each side), alternating.
 const LATENCY_SAMPLES: usize = 1_000;
 
-type BoxError = Box<dyn std::error::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn event(n: usize) -> NewEvent {
     NewEvent::new(
@@ -93,6 +95,38 @@ async fn main() -> Result<(), BoxError> {
     }
     times.report("append 1 event", SINGLE_APPENDS);
 
+    // The same single-event appends from concurrent writers, each to its own streams.
+    let mut times = Times::default();
+    for round in 0..ROUNDS {
+        for side in Side::order(round) {
+            let start = Instant::now();
+            let writers = (0..WRITERS).map(|w| {
+                let (store, pool) = (store.clone(), pool.clone());
+                tokio::spawn(async move {
+                    for i in 0..SINGLE_APPENDS / WRITERS {
+                        let n = (round * WRITERS + w) * SINGLE_APPENDS + i;
+                        let stream = format!("concurrent-{w}-{}", n % 50);
+                        match side {
+                            Side::Framework => {
+                                let stream = StreamId::new("order", stream)?;
+                                store
+                                    .append(&stream, ExpectedVersion::Any, vec![event(n)])
+                                    .await?;
+                            }
+                            Side::Baseline => raw_insert(&pool, &stream, &[event(n)]).await?,
+                        }
+                    }
+                    Ok::<_, BoxError>(())
+                })
+            });
+            for writer in futures::future::join_all(writers).await {
+                writer??;
+            }
+            times.add(side, start.elapsed());
+        }
+    }
+    times.report("append 1 event x16", SINGLE_APPENDS);
+
     // Appends of 100 events in one call, each to a new stream.
     let mut times = Times::default();
     for round in 0..ROUNDS {
@@ -125,7 +159,7 @@ async fn main() -> Result<(), BoxError> {
     sqlx::query("ANALYZE eventsource.events, baseline_events")
         .execute(&pool)
         .await?;
-    let total = ROUNDS * (SINGLE_APPENDS + BATCH_APPENDS * BATCH);
+    let total = ROUNDS * (2 * SINGLE_APPENDS + BATCH_APPENDS * BATCH);
     assert_eq!(framework_read_all(&store).await?, total);
     assert_eq!(raw_read_all(&pool).await?, total);
     let mut times = Times::default();

@@ -39,8 +39,10 @@ impl ListenerStats {
 pub(crate) fn start(pool: PgPool, stats: Arc<ListenerStats>) -> WakeSignal {
     let (wake, signal) = watch::channel(0u64);
     tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
+        const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+        let mut backoff = FIRST_BACKOFF;
         while !wake.is_closed() && !pool.is_closed() {
+            let connections = stats.connections();
             match listen_until_lost(&pool, &wake, &stats).await {
                 Ok(()) => return,
                 // The store was closed: the listener goes with it.
@@ -48,6 +50,10 @@ pub(crate) fn start(pool: PgPool, stats: Arc<ListenerStats>) -> WakeSignal {
                 Err(error) => {
                     tracing::warn!(%error, "the feed's LISTEN connection failed; subscriptions poll until it is back");
                 }
+            }
+            if stats.connections() != connections {
+                // It was connected: this is a new outage, not a longer one.
+                backoff = FIRST_BACKOFF;
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}

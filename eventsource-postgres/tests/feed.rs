@@ -44,6 +44,19 @@ async fn next_event(subscription: &mut Subscription) -> RecordedEvent {
         .expect("the subscription does not fail")
 }
 
+/// Waits until the store's listener has connected `connections` times (it connects in the
+/// background after the first subscription), failing after a minute.
+async fn wait_for_listener(store: &PostgresStore, connections: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while store.listener_stats().connections() < connections {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listener connected {connections} times"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Reads the feed after `after` once; events of transactions still open are not returned.
 async fn read_once(store: &PostgresStore, after: FeedPosition) -> Vec<RecordedEvent> {
     store
@@ -357,16 +370,8 @@ async fn long_write_transaction_holds_and_is_reported() {
         )
         .await
         .expect("append after the holder began");
-    let options = fast_options().with_holdup_warning_after(Duration::from_millis(300));
-    let mut subscription = store.subscribe(FeedPosition::START, options);
-    let waited = tokio::time::timeout(Duration::from_secs(1), subscription.next()).await;
-    assert!(
-        waited.is_err(),
-        "nothing is delivered while the transaction is open"
-    );
-
     // The oldest open transaction on the server is ours once any older one (another test's)
-    // has ended.
+    // has ended; from then on, no other can be older, so the warning below names ours.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let holdup = loop {
         let holdup = store
@@ -386,6 +391,14 @@ async fn long_write_transaction_holds_and_is_reported() {
         "{holdup}"
     );
     assert!(holdup.transaction_started.is_some());
+
+    let options = fast_options().with_holdup_warning_after(Duration::from_millis(300));
+    let mut subscription = store.subscribe(FeedPosition::START, options);
+    let waited = tokio::time::timeout(Duration::from_secs(1), subscription.next()).await;
+    assert!(
+        waited.is_err(),
+        "nothing is delivered while the transaction is open"
+    );
 
     // Keep the subscription waiting past the warning delay.
     let waited = tokio::time::timeout(Duration::from_secs(1), subscription.next()).await;
@@ -444,15 +457,12 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogCapture {
 async fn delivery_survives_a_killed_listener() {
     let (db, store) = fresh_store().await;
     let mut subscription = store.subscribe(FeedPosition::START, fast_options());
+    wait_for_listener(&store, 1).await;
     store
         .append(&stream("k"), ExpectedVersion::Any, vec![event(1)])
         .await
         .expect("append");
     assert_eq!(next_event(&mut subscription).await.payload["n"], 1);
-    assert!(
-        store.listener_stats().connections() >= 1,
-        "the listener connected"
-    );
 
     let killed: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -475,15 +485,22 @@ async fn delivery_survives_a_killed_listener() {
             .expect("append");
         assert_eq!(next_event(&mut subscription).await.payload["n"], n);
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while store.listener_stats().connections() < 2 {
+    // The listener is back and receives notifications again.
+    wait_for_listener(&store, 2).await;
+    let before = store.listener_stats().notifications();
+    store
+        .append(&stream("k"), ExpectedVersion::Any, vec![event(21)])
+        .await
+        .expect("append");
+    assert_eq!(next_event(&mut subscription).await.payload["n"], 21);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while store.listener_stats().notifications() == before {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the listener reconnected"
+            "a notification arrived on the new connection"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(store.listener_stats().notifications() >= 1);
 }
 
 /// Subscriptions of one store share one listening connection.
@@ -493,6 +510,7 @@ async fn subscriptions_share_one_listener() {
     let mut subscriptions: Vec<Subscription> = (0..5)
         .map(|_| store.clone().subscribe(FeedPosition::START, fast_options()))
         .collect();
+    wait_for_listener(&store, 1).await;
     store
         .append(&stream("s"), ExpectedVersion::Any, vec![event(1)])
         .await
@@ -508,6 +526,7 @@ async fn subscriptions_share_one_listener() {
     .await
     .expect("count listeners");
     assert_eq!(listeners, 1);
+    assert_eq!(store.listener_stats().connections(), 1);
 }
 
 /// Without notifications, polling alone delivers.

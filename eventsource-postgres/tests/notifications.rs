@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use eventsource_core::{
-    EventAppender, EventMetadata, ExpectedVersion, FeedPosition, NewEvent, RecordedEvent,
-    StreamId, Subscribe, Subscription, SubscriptionOptions,
+    EventAppender, EventMetadata, ExpectedVersion, FeedPosition, NewEvent, RecordedEvent, StreamId,
+    Subscribe, Subscription, SubscriptionOptions,
 };
 use eventsource_postgres::testing::TestDatabase;
 use eventsource_postgres::PostgresStore;

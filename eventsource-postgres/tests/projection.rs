@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eventsource_core::{
-    BoxError, Category, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, NewEvent,
-    RecordedEvent, StreamId,
+    BoxError, Category, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedPosition,
+    FeedReader, NewEvent, RecordedEvent, StreamId,
 };
 use eventsource_postgres::projection::{
     dead_letters, lag, rebuild, FailurePolicy, OnFailure, Projection, ProjectionError,
@@ -30,6 +30,9 @@ struct Tally {
     poison_fixed: AtomicBool,
     /// Sleep per batch, to keep batches in flight.
     slow: AtomicBool,
+    /// When set, the handler completes this many more batches, then never returns (a process
+    /// stuck mid-batch, until its task is aborted).
+    stall_after: std::sync::Mutex<Option<u32>>,
 }
 
 #[async_trait]
@@ -73,6 +76,17 @@ impl Projection for Tally {
         }
         if self.slow.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let stalled = match self.stall_after.lock().expect("lock").as_mut() {
+            Some(0) => true,
+            Some(n) => {
+                *n -= 1;
+                false
+            }
+            None => false,
+        };
+        if stalled {
+            std::future::pending::<()>().await;
         }
         let mut fail_after = self.fail_after.lock().expect("lock");
         match fail_after.as_mut() {
@@ -137,6 +151,26 @@ fn quick_options(batch_size: usize) -> RunnerOptions {
     }
 }
 
+/// Waits until the feed shows `count` events (another test's open transaction may hold it
+/// back for a moment; once shown, they stay readable).
+async fn wait_until_readable(store: &PostgresStore, count: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let batch = store
+            .read_feed_batch(FeedPosition::START, count, &FeedFilter::all())
+            .await
+            .expect("read the feed");
+        if batch.events.len() == count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} events readable"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn fresh() -> (TestDatabase, PostgresStore) {
     let db = TestDatabase::create().await.expect("database");
     let store = db.store().await.expect("store");
@@ -149,6 +183,8 @@ async fn fresh() -> (TestDatabase, PostgresStore) {
 async fn crash_safety_under_failures_and_aborts() {
     let (_db, store) = fresh().await;
     append_many(&store, 20, 1_500, 0).await;
+    // Every batch below is then a full one.
+    wait_until_readable(&store, 1_500).await;
     let projection = Arc::new(Tally::default());
     let runner = ProjectionRunner::with_shared(store.clone(), projection.clone())
         .with_options(quick_options(37));
@@ -482,6 +518,8 @@ async fn rebuild_while_writers_append() {
             while !writing.is_cancelled() {
                 append_many(&store, 25, 10, n).await;
                 n += 10;
+                // Leave the rebuild room to catch up on a loaded machine.
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
     });
@@ -504,6 +542,7 @@ async fn rebuild_while_writers_append() {
                 assert!(sum >= 1_000, "never less than the model before the rebuild");
                 last = sum;
                 reads += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             reads
         }
@@ -513,14 +552,18 @@ async fn rebuild_while_writers_append() {
     let seen = progress.clone();
     let options = RebuildOptions {
         batch_size: 50,
+        lock_retry: Duration::from_millis(50),
         ..RebuildOptions::default()
     };
-    rebuild(&store, &Tally::default(), options, move |p| {
+    let fresh_model = Tally::default();
+    let rebuilt = rebuild(&store, &fresh_model, options, move |p| {
         assert!(p.done <= p.total, "{p:?}");
         seen.store(p.done as usize, Ordering::SeqCst);
-    })
-    .await
-    .expect("rebuild");
+    });
+    tokio::time::timeout(Duration::from_secs(600), rebuilt)
+        .await
+        .expect("the rebuild catches up with the writer")
+        .expect("rebuild");
     assert!(
         progress.load(Ordering::SeqCst) >= 1_000,
         "progress reported"
@@ -551,17 +594,18 @@ async fn rebuild_while_writers_append() {
 async fn interrupted_rebuild_resumes() {
     let (_db, store) = fresh().await;
     append_many(&store, 5, 600, 0).await;
-    let slow = Arc::new(Tally::default());
-    slow.slow.store(true, Ordering::SeqCst);
+    let stuck = Arc::new(Tally::default());
+    *stuck.stall_after.lock().unwrap() = Some(3);
     let options = RebuildOptions {
         batch_size: 20,
+        lock_retry: Duration::from_millis(50),
         ..RebuildOptions::default()
     };
     let task = tokio::spawn({
-        let (store, slow, options) = (store.clone(), slow.clone(), options.clone());
-        async move { rebuild(&store, slow.as_ref(), options, |_| {}).await }
+        let (store, stuck, options) = (store.clone(), stuck.clone(), options.clone());
+        async move { rebuild(&store, stuck.as_ref(), options, |_| {}).await }
     });
-    // Abort once some batches are in.
+    // Three batches are in and the fourth is stuck: abort it there.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let saved: Option<i64> = sqlx::query_scalar(

@@ -43,8 +43,9 @@ use sqlx::PgPool;
 const ROUNDS: usize = 10;
 /// Appends of one event per round (each side).
 const SINGLE_APPENDS: usize = 200;
-/// Concurrent writers in the concurrent-append comparison (they share `SINGLE_APPENDS`).
+/// Concurrent writers, and appends of one event per round by each (each side).
 const WRITERS: usize = 16;
+const APPENDS_PER_WRITER: usize = 25;
 /// Appends of `BATCH` events per round (each side).
 const BATCH_APPENDS: usize = 20;
 const BATCH: usize = 100;
@@ -80,41 +81,25 @@ async fn main() -> Result<(), BoxError> {
             for i in 0..SINGLE_APPENDS {
                 let n = round * SINGLE_APPENDS + i;
                 let stream = format!("single-{}", n % 200);
-                match side {
-                    Side::Framework => {
-                        let stream = StreamId::new("order", stream)?;
-                        store
-                            .append(&stream, ExpectedVersion::Any, vec![event(n)])
-                            .await?;
-                    }
-                    Side::Baseline => raw_insert(&pool, &stream, &[event(n)]).await?,
-                }
+                append(side, &store, &stream, ExpectedVersion::Any, vec![event(n)]).await?;
             }
             times.add(side, start.elapsed());
         }
     }
     times.report("append 1 event", SINGLE_APPENDS);
 
-    // The same single-event appends from concurrent writers, each to its own streams.
+    // The same single-event appends from concurrent writers, each to streams of its own.
     let mut times = Times::default();
     for round in 0..ROUNDS {
         for side in Side::order(round) {
             let start = Instant::now();
             let writers = (0..WRITERS).map(|w| {
-                let (store, pool) = (store.clone(), pool.clone());
+                let store = store.clone();
                 tokio::spawn(async move {
-                    for i in 0..SINGLE_APPENDS / WRITERS {
-                        let n = (round * WRITERS + w) * SINGLE_APPENDS + i;
+                    for i in 0..APPENDS_PER_WRITER {
+                        let n = (round * WRITERS + w) * APPENDS_PER_WRITER + i;
                         let stream = format!("concurrent-{w}-{}", n % 50);
-                        match side {
-                            Side::Framework => {
-                                let stream = StreamId::new("order", stream)?;
-                                store
-                                    .append(&stream, ExpectedVersion::Any, vec![event(n)])
-                                    .await?;
-                            }
-                            Side::Baseline => raw_insert(&pool, &stream, &[event(n)]).await?,
-                        }
+                        append(side, &store, &stream, ExpectedVersion::Any, vec![event(n)]).await?;
                     }
                     Ok::<_, BoxError>(())
                 })
@@ -125,7 +110,10 @@ async fn main() -> Result<(), BoxError> {
             times.add(side, start.elapsed());
         }
     }
-    times.report("append 1 event x16", SINGLE_APPENDS);
+    times.report(
+        &format!("append 1 event x{WRITERS}"),
+        WRITERS * APPENDS_PER_WRITER,
+    );
 
     // Appends of 100 events in one call, each to a new stream.
     let mut times = Times::default();
@@ -135,15 +123,7 @@ async fn main() -> Result<(), BoxError> {
             for i in 0..BATCH_APPENDS {
                 let stream = format!("batch-{}", round * BATCH_APPENDS + i);
                 let events: Vec<NewEvent> = (0..BATCH).map(event).collect();
-                match side {
-                    Side::Framework => {
-                        let stream = StreamId::new("order", stream)?;
-                        store
-                            .append(&stream, ExpectedVersion::NoStream, events)
-                            .await?;
-                    }
-                    Side::Baseline => raw_insert(&pool, &stream, &events).await?,
-                }
+                append(side, &store, &stream, ExpectedVersion::NoStream, events).await?;
             }
             times.add(side, start.elapsed());
         }
@@ -159,7 +139,7 @@ async fn main() -> Result<(), BoxError> {
     sqlx::query("ANALYZE eventsource.events, baseline_events")
         .execute(&pool)
         .await?;
-    let total = ROUNDS * (2 * SINGLE_APPENDS + BATCH_APPENDS * BATCH);
+    let total = ROUNDS * (SINGLE_APPENDS + WRITERS * APPENDS_PER_WRITER + BATCH_APPENDS * BATCH);
     assert_eq!(framework_read_all(&store).await?, total);
     assert_eq!(raw_read_all(&pool).await?, total);
     let mut times = Times::default();
@@ -283,6 +263,25 @@ WITH inserted AS (
     RETURNING 1
 )
 SELECT pg_notify('baseline_channel', '')";
+
+/// Appends `events` to stream `stream` of category `order`: through the framework with
+/// `expected`, or with the baseline's plain insert into its own table.
+async fn append(
+    side: Side,
+    store: &PostgresStore,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<(), BoxError> {
+    match side {
+        Side::Framework => {
+            let stream = StreamId::new("order", stream)?;
+            store.append(&stream, expected, events).await?;
+        }
+        Side::Baseline => raw_insert(store.pool(), stream, &events).await?,
+    }
+    Ok(())
+}
 
 /// The same rows as an append, inserted with plain sqlx.
 async fn raw_insert(pool: &PgPool, stream: &str, events: &[NewEvent]) -> Result<(), BoxError> {

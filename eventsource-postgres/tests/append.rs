@@ -165,6 +165,29 @@ async fn events_are_append_only() {
     assert_eq!(sqlstate(error), "42501");
 }
 
+/// Inserts one event of stream `notify-1` at version `$1` with plain SQL.
+const PLAIN_INSERT: &str = "
+INSERT INTO eventsource.events (event_id, category, stream_id, version, event_type, schema_version, payload)
+VALUES (gen_random_uuid(), 'notify', '1', $1, 'Happened', 1, '{}')";
+
+/// A listener on the subscribers' channel.
+async fn listen(store: &PostgresStore) -> PgListener {
+    let mut listener = PgListener::connect_with(store.pool())
+        .await
+        .expect("listener");
+    listener.listen(CHANNEL).await.expect("listen");
+    listener
+}
+
+/// Sends a notification with payload `marker` (after everything committed so far).
+async fn send_marker(store: &PostgresStore) {
+    sqlx::query("SELECT pg_notify($1, 'marker')")
+        .bind(CHANNEL)
+        .execute(store.pool())
+        .await
+        .expect("marker");
+}
+
 /// The store's append does not notify inside its transaction: the first notification a
 /// listener receives is the store's own, sent after the commit (the trigger's would come first,
 /// at the append's commit, and carry no payload).
@@ -172,10 +195,7 @@ async fn events_are_append_only() {
 async fn store_appends_notify_after_their_commit() {
     let db = TestDatabase::create().await.expect("test database");
     let store = db.store().await.expect("migrated store");
-    let mut listener = PgListener::connect_with(store.pool())
-        .await
-        .expect("listener");
-    listener.listen(CHANNEL).await.expect("listen");
+    let mut listener = listen(&store).await;
     for n in 1..=3 {
         store
             .append(&stream("notified"), ExpectedVersion::Any, vec![event(n)])
@@ -184,11 +204,7 @@ async fn store_appends_notify_after_their_commit() {
         let first = listener.recv().await.expect("a notification");
         assert_eq!(first.payload(), "after-commit", "append {n}");
         // Drain what the appends so far announced, up to a marker sent after them.
-        sqlx::query("SELECT pg_notify($1, 'marker')")
-            .bind(CHANNEL)
-            .execute(store.pool())
-            .await
-            .expect("marker");
+        send_marker(&store).await;
         while listener.recv().await.expect("a notification").payload() != "marker" {}
     }
 }
@@ -200,45 +216,30 @@ async fn store_appends_notify_after_their_commit() {
 async fn appends_that_notify_after_commit_skip_the_trigger() {
     let db = TestDatabase::create().await.expect("test database");
     let store = db.store().await.expect("migrated store");
-    let mut listener = PgListener::connect_with(store.pool())
-        .await
-        .expect("listener");
-    listener.listen(CHANNEL).await.expect("listen");
+    let mut listener = listen(&store).await;
 
     let mut tx = store.pool().begin().await.expect("begin");
     sqlx::query("SET LOCAL eventsource.notify_after_commit = 'on'")
         .execute(&mut *tx)
         .await
         .expect("opt out of the trigger");
-    sqlx::query(
-        "INSERT INTO eventsource.events (event_id, category, stream_id, version, event_type, schema_version, payload)
-         VALUES (gen_random_uuid(), 'notify', '1', 1, 'Happened', 1, '{}')",
-    )
-    .execute(&mut *tx)
-    .await
-    .expect("insert");
-    tx.commit().await.expect("commit");
-    sqlx::query("SELECT pg_notify($1, 'marker')")
-        .bind(CHANNEL)
-        .execute(store.pool())
+    sqlx::query(PLAIN_INSERT)
+        .bind(1i64)
+        .execute(&mut *tx)
         .await
-        .expect("marker");
+        .expect("insert");
+    tx.commit().await.expect("commit");
+    send_marker(&store).await;
     let first = listener.recv().await.expect("a notification");
     assert_eq!(first.payload(), "marker", "the insert did not notify");
 
     // Without the setting, the trigger notifies at commit, before the next marker.
-    sqlx::query(
-        "INSERT INTO eventsource.events (event_id, category, stream_id, version, event_type, schema_version, payload)
-         VALUES (gen_random_uuid(), 'notify', '1', 2, 'Happened', 1, '{}')",
-    )
-    .execute(store.pool())
-    .await
-    .expect("insert");
-    sqlx::query("SELECT pg_notify($1, 'marker')")
-        .bind(CHANNEL)
+    sqlx::query(PLAIN_INSERT)
+        .bind(2i64)
         .execute(store.pool())
         .await
-        .expect("marker");
+        .expect("insert");
+    send_marker(&store).await;
     let first = listener.recv().await.expect("a notification");
     assert_eq!(first.payload(), "", "the trigger notified at commit");
 }

@@ -1,7 +1,8 @@
 //! The store contract suite: what every [`EventStore`] must do, checked the same way for each.
 //!
-//! Each check takes a [`StoreFactory`] and asks it for fresh, empty stores. Checks panic (they
-//! are tests) with a message naming the broken rule.
+//! Each check takes a [`StoreFactory`] and asks it for fresh, empty stores. A check never
+//! panics: it returns a [`Violation`] whose message names the broken rule and what it saw
+//! instead. `store_contract_tests!` runs each check as a test that fails with that message.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ use crate::retry_policy::RetryPolicy;
 use crate::stream_id::{Category, StreamId};
 use crate::subscription::{Subscribe, SubscriptionOptions};
 use crate::testing::counter::{Counter, Increment};
+use crate::testing::violation::{ensure, ensure_eq, OrViolation};
+use crate::testing::Violation;
 use crate::version::StreamVersion;
 use crate::{Aggregate, CommandContext};
 
@@ -36,24 +39,27 @@ pub trait StoreFactory: Send + Sync {
     async fn store(&self, limits: Limits) -> Self::Store;
 }
 
-fn stream(id: &str) -> StreamId {
-    StreamId::new("contract", id).expect("valid test stream id")
+fn stream(id: &str) -> Result<StreamId, Violation> {
+    StreamId::new("contract", id).or_violation("valid test stream id")
 }
 
-fn version(n: u64) -> StreamVersion {
-    StreamVersion::new(n).expect("valid test version")
+fn version(n: u64) -> Result<StreamVersion, Violation> {
+    StreamVersion::new(n).or_violation("valid test version")
 }
 
 fn event(kind: &str, n: u64) -> NewEvent {
     NewEvent::new(kind, 1, json!({ "n": n }), EventMetadata::default())
 }
 
-async fn read_all<S: EventStore>(store: &S, id: &StreamId) -> Vec<RecordedEvent> {
+async fn read_all<S: EventStore>(
+    store: &S,
+    id: &StreamId,
+) -> Result<Vec<RecordedEvent>, Violation> {
     store
         .read_stream(id, StreamVersion::FIRST)
         .try_collect()
         .await
-        .expect("read stream")
+        .or_violation("read stream")
 }
 
 /// Reads the feed from the start until `count` events passed `filter`.
@@ -65,7 +71,7 @@ async fn read_whole_feed<S: EventStore>(
     store: &S,
     filter: FeedFilter,
     count: usize,
-) -> Vec<RecordedEvent> {
+) -> Result<Vec<RecordedEvent>, Violation> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut after = FeedPosition::START;
     let mut events = Vec::new();
@@ -73,13 +79,13 @@ async fn read_whole_feed<S: EventStore>(
         let batch: Vec<RecordedEvent> = read_feed(store, after, 7, filter.clone())
             .try_collect()
             .await
-            .expect("read feed");
+            .or_violation("read feed")?;
         if let Some(last) = batch.last() {
             after = last.position;
         }
         events.extend(batch);
         if events.len() < count {
-            assert!(
+            ensure!(
                 std::time::Instant::now() < deadline,
                 "the feed delivered {} of {count} events within a minute",
                 events.len()
@@ -87,42 +93,54 @@ async fn read_whole_feed<S: EventStore>(
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
-    events
+    Ok(events)
 }
 
+/// The append was refused with a conflict naming the stream, the expectation and the actual
+/// version.
 fn expect_conflict<T: std::fmt::Debug>(
     result: Result<T, StoreError>,
     id: &StreamId,
     expected: ExpectedVersion,
     actual: u64,
-) {
+) -> Result<(), Violation> {
     match result {
         Err(StoreError::Conflict(c)) => {
-            assert_eq!(c.stream, *id, "conflict names the stream");
-            assert_eq!(c.expected, expected, "conflict names the expectation");
-            assert_eq!(
+            ensure_eq!(c.stream, *id, "conflict names the stream");
+            ensure_eq!(c.expected, expected, "conflict names the expectation");
+            ensure_eq!(
                 c.actual,
-                version(actual),
+                version(actual)?,
                 "conflict names the actual version"
             );
+            Ok(())
         }
-        other => panic!("expected a conflict ({expected} vs {actual}), got {other:?}"),
+        other => Err(Violation::new(format!(
+            "expected a conflict ({expected} vs {actual}), got {other:?}"
+        ))),
     }
 }
 
 /// Every `ExpectedVersion` case, on new and existing streams; a refused append stores nothing.
-pub async fn expected_versions<F: StoreFactory>(factory: &F) {
+pub async fn expected_versions<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
     let store = factory.store(Limits::default()).await;
-    let a = stream("a");
+    let a = stream("a")?;
 
     // NoStream on a new stream, then on an existing one.
     let r = store
         .append(&a, ExpectedVersion::NoStream, vec![event("E", 1)])
         .await
-        .expect("NoStream on a new stream");
-    assert_eq!(r.stream_version, version(1));
-    assert_eq!(r.positions.len(), 1);
-    assert!(!r.already_stored);
+        .or_violation("NoStream on a new stream")?;
+    ensure_eq!(
+        r.stream_version,
+        version(1)?,
+        "the first append to a new stream makes version 1"
+    );
+    ensure_eq!(r.positions.len(), 1, "one position per appended event");
+    ensure!(
+        !r.already_stored,
+        "a first append is not reported as already stored: {r:?}"
+    );
     expect_conflict(
         store
             .append(&a, ExpectedVersion::NoStream, vec![event("E", 2)])
@@ -130,35 +148,39 @@ pub async fn expected_versions<F: StoreFactory>(factory: &F) {
         &a,
         ExpectedVersion::NoStream,
         1,
-    );
+    )?;
 
     // Exact: the current version passes, anything else conflicts, without leaving a gap.
     let r = store
         .append(
             &a,
-            ExpectedVersion::Exact(version(1)),
+            ExpectedVersion::Exact(version(1)?),
             vec![event("E", 2), event("E", 3)],
         )
         .await
-        .expect("Exact(current)");
-    assert_eq!(r.stream_version, version(3));
+        .or_violation("Exact(current)")?;
+    ensure_eq!(
+        r.stream_version,
+        version(3)?,
+        "two events appended after version 1 make version 3"
+    );
     for stale in [0, 1, 2, 5] {
         expect_conflict(
             store
                 .append(
                     &a,
-                    ExpectedVersion::Exact(version(stale)),
+                    ExpectedVersion::Exact(version(stale)?),
                     vec![event("E", 9)],
                 )
                 .await,
             &a,
-            ExpectedVersion::Exact(version(stale)),
+            ExpectedVersion::Exact(version(stale)?),
             3,
-        );
+        )?;
     }
 
     // StreamExists.
-    let b = stream("b");
+    let b = stream("b")?;
     expect_conflict(
         store
             .append(&b, ExpectedVersion::StreamExists, vec![event("E", 1)])
@@ -166,25 +188,29 @@ pub async fn expected_versions<F: StoreFactory>(factory: &F) {
         &b,
         ExpectedVersion::StreamExists,
         0,
-    );
+    )?;
     store
         .append(&a, ExpectedVersion::StreamExists, vec![event("E", 4)])
         .await
-        .expect("StreamExists on an existing stream");
+        .or_violation("StreamExists on an existing stream")?;
 
     // Any, on new and existing streams.
     store
         .append(&b, ExpectedVersion::Any, vec![event("E", 1)])
         .await
-        .expect("Any on a new stream");
+        .or_violation("Any on a new stream")?;
     let r = store
         .append(&a, ExpectedVersion::Any, vec![event("E", 5)])
         .await
-        .expect("Any on an existing stream");
-    assert_eq!(r.stream_version, version(5));
+        .or_violation("Any on an existing stream")?;
+    ensure_eq!(
+        r.stream_version,
+        version(5)?,
+        "Any appends after the current version 4"
+    );
 
     // Exact(0) is NoStream.
-    let c = stream("c");
+    let c = stream("c")?;
     store
         .append(
             &c,
@@ -192,39 +218,60 @@ pub async fn expected_versions<F: StoreFactory>(factory: &F) {
             vec![event("E", 1)],
         )
         .await
-        .expect("Exact(0) on a new stream");
+        .or_violation("Exact(0) on a new stream")?;
 
     // An empty append checks the expectation and stores nothing.
     let r = store
-        .append(&a, ExpectedVersion::Exact(version(5)), vec![])
+        .append(&a, ExpectedVersion::Exact(version(5)?), vec![])
         .await
-        .expect("empty append at the current version");
-    assert_eq!(r.stream_version, version(5));
-    assert!(r.positions.is_empty());
+        .or_violation("empty append at the current version")?;
+    ensure_eq!(
+        r.stream_version,
+        version(5)?,
+        "an empty append reports the current version"
+    );
+    ensure!(
+        r.positions.is_empty(),
+        "an empty append stores nothing, got positions {:?}",
+        r.positions
+    );
     expect_conflict(
         store
-            .append(&a, ExpectedVersion::Exact(version(4)), vec![])
+            .append(&a, ExpectedVersion::Exact(version(4)?), vec![])
             .await,
         &a,
-        ExpectedVersion::Exact(version(4)),
+        ExpectedVersion::Exact(version(4)?),
         5,
-    );
+    )?;
 
     // Nothing of a refused append was stored: versions 1..=5, payloads 1..=5.
-    let events = read_all(&store, &a).await;
+    let events = read_all(&store, &a).await?;
     let versions: Vec<u64> = events.iter().map(|e| e.version.get()).collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
-    let payloads: Vec<u64> = events
+    ensure_eq!(
+        versions,
+        vec![1, 2, 3, 4, 5],
+        "a refused append stores nothing: the stream versions"
+    );
+    let payloads = events
         .iter()
-        .map(|e| e.payload["n"].as_u64().expect("payload n"))
-        .collect();
-    assert_eq!(payloads, vec![1, 2, 3, 4, 5]);
-    assert_eq!(read_all(&store, &b).await.len(), 1);
+        .map(|e| e.payload["n"].as_u64().or_violation("payload n"))
+        .collect::<Result<Vec<u64>, Violation>>()?;
+    ensure_eq!(
+        payloads,
+        vec![1, 2, 3, 4, 5],
+        "a refused append stores nothing: the payloads"
+    );
+    ensure_eq!(
+        read_all(&store, &b).await?.len(),
+        1,
+        "the refused StreamExists append stored nothing in stream b, the Any append one event"
+    );
+    Ok(())
 }
 
 /// 16 tasks race 50 increments each on one counter through the repository: every increment
 /// lands exactly once as versions 1..=800, and every retry was caused by a typed conflict.
-pub async fn repository_race<F: StoreFactory>(factory: &F) {
+pub async fn repository_race<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
     const TASKS: u32 = 16;
     const PER_TASK: u32 = 50;
     let store = factory.store(Limits::default()).await;
@@ -235,7 +282,7 @@ pub async fn repository_race<F: StoreFactory>(factory: &F) {
             max_delay: std::time::Duration::from_millis(20),
         }),
     );
-    let id = Counter::stream_id("raced").expect("valid id");
+    let id = Counter::stream_id("raced").or_violation("valid id")?;
     let mut tasks = Vec::new();
     for task in 0..TASKS {
         let repository = repository.clone();
@@ -247,116 +294,152 @@ pub async fn repository_race<F: StoreFactory>(factory: &F) {
                 let done = repository
                     .execute(&id, Increment(1), &ctx)
                     .await
-                    .expect("every increment eventually lands");
-                assert_eq!(
-                    done.conflicts.len() as u32,
-                    done.attempts - 1,
-                    "each retry follows exactly one conflict"
+                    .or_violation("every increment eventually lands")?;
+                ensure_eq!(
+                    done.conflicts.len() as u64 + 1,
+                    u64::from(done.attempts),
+                    "each retry follows exactly one conflict (conflicts + 1 = attempts)"
                 );
                 for c in &done.conflicts {
-                    assert_eq!(c.stream, id);
-                    assert!(
+                    ensure_eq!(c.stream, id, "a conflict names the raced stream");
+                    ensure!(
                         matches!(c.expected, ExpectedVersion::Exact(v) if v < c.actual),
                         "a loser saw a newer version: {c:?}"
                     );
                 }
                 conflicts += done.conflicts.len();
             }
-            conflicts
+            Ok::<usize, Violation>(conflicts)
         }));
     }
     let mut conflicts = 0;
     for task in tasks {
-        conflicts += task.await.expect("task finished");
+        conflicts += task.await.or_violation("task finished")??;
     }
-    let events = read_all(&store, &id).await;
+    let events = read_all(&store, &id).await?;
     let versions: Vec<u64> = events.iter().map(|e| e.version.get()).collect();
     let expected: Vec<u64> = (1..=u64::from(TASKS * PER_TASK)).collect();
-    assert_eq!(
-        versions, expected,
+    ensure_eq!(
+        versions,
+        expected,
         "versions 1..=800 with no gap and no duplicate"
     );
     let ids: HashSet<Uuid> = events.iter().map(|e| e.event_id).collect();
-    assert_eq!(ids.len(), events.len(), "no event stored twice");
-    let loaded = repository.load(&id).await.expect("load");
-    assert_eq!(loaded.state.value, u64::from(TASKS * PER_TASK));
-    assert!(
+    ensure_eq!(ids.len(), events.len(), "no event stored twice");
+    let loaded = repository.load(&id).await.or_violation("load")?;
+    ensure_eq!(
+        loaded.state.value,
+        u64::from(TASKS * PER_TASK),
+        "the counter holds every increment"
+    );
+    ensure!(
         conflicts > 0,
         "16 writers on one stream must have collided at least once"
     );
+    Ok(())
 }
 
 /// Appending the same event ids again (a retry after a lost reply) succeeds without storing them
 /// twice; reusing ids for other appends is refused.
-pub async fn idempotent_append<F: StoreFactory>(factory: &F) {
+pub async fn idempotent_append<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
     let store = factory.store(Limits::default()).await;
-    let a = stream("a");
+    let a = stream("a")?;
     let events = vec![event("E", 1), event("E", 2)];
     let first = store
         .append(&a, ExpectedVersion::NoStream, events.clone())
         .await
-        .expect("first append");
+        .or_violation("first append")?;
     // The retry carries the same expectation, which no longer holds, and still succeeds.
     let retry = store
         .append(&a, ExpectedVersion::NoStream, events.clone())
         .await
-        .expect("the retry succeeds");
-    assert!(retry.already_stored);
-    assert_eq!(retry.stream_version, first.stream_version);
-    assert_eq!(retry.positions, first.positions);
+        .or_violation("the retry succeeds")?;
+    ensure!(
+        retry.already_stored,
+        "the retry is reported as already stored: {retry:?}"
+    );
+    ensure_eq!(
+        retry.stream_version,
+        first.stream_version,
+        "the retry reports the version of the first append"
+    );
+    ensure_eq!(
+        retry.positions,
+        first.positions,
+        "the retry reports the positions of the first append"
+    );
     let retry_any = store
         .append(&a, ExpectedVersion::Any, events.clone())
         .await
-        .expect("the retry with Any succeeds");
-    assert!(retry_any.already_stored);
-    assert_eq!(read_all(&store, &a).await.len(), 2, "nothing stored twice");
+        .or_violation("the retry with Any succeeds")?;
+    ensure!(
+        retry_any.already_stored,
+        "the retry with Any is reported as already stored: {retry_any:?}"
+    );
+    ensure_eq!(read_all(&store, &a).await?.len(), 2, "nothing stored twice");
 
     // The same ids in another stream, or mixed with new ones, are refused.
-    let b = stream("b");
-    let err = store
-        .append(&b, ExpectedVersion::Any, events.clone())
-        .await
-        .expect_err("ids reused in another stream");
-    assert!(
-        matches!(&err, StoreError::EventIdReused { stored_in, .. } if *stored_in == a),
-        "{err:?}"
+    let b = stream("b")?;
+    let result = store.append(&b, ExpectedVersion::Any, events.clone()).await;
+    ensure!(
+        matches!(&result, Err(StoreError::EventIdReused { stored_in, .. }) if *stored_in == a),
+        "ids reused in another stream are refused with EventIdReused naming stream {a}, got {result:?}"
     );
     let mixed = vec![events[1].clone(), event("E", 3)];
-    let err = store
-        .append(&a, ExpectedVersion::Any, mixed)
-        .await
-        .expect_err("a stored id mixed with a new one");
-    assert!(matches!(err, StoreError::EventIdReused { .. }), "{err:?}");
+    let result = store.append(&a, ExpectedVersion::Any, mixed).await;
+    ensure!(
+        matches!(result, Err(StoreError::EventIdReused { .. })),
+        "a stored id mixed with a new one is refused with EventIdReused, got {result:?}"
+    );
     let swapped = vec![events[1].clone(), events[0].clone()];
-    let err = store
-        .append(&a, ExpectedVersion::Any, swapped)
-        .await
-        .expect_err("stored ids in another order");
-    assert!(matches!(err, StoreError::EventIdReused { .. }), "{err:?}");
-    assert_eq!(read_all(&store, &a).await.len(), 2);
-    assert!(read_all(&store, &b).await.is_empty());
+    let result = store.append(&a, ExpectedVersion::Any, swapped).await;
+    ensure!(
+        matches!(result, Err(StoreError::EventIdReused { .. })),
+        "stored ids in another order are refused with EventIdReused, got {result:?}"
+    );
+    ensure_eq!(
+        read_all(&store, &a).await?.len(),
+        2,
+        "the refused appends stored nothing in stream a"
+    );
+    let in_b = read_all(&store, &b).await?;
+    ensure!(
+        in_b.is_empty(),
+        "the refused append stored nothing in stream b, got {} events",
+        in_b.len()
+    );
+    Ok(())
 }
 
 /// Stream reads start at the version asked for; feed reads are bounded, ordered and complete.
-pub async fn bounded_reads<F: StoreFactory>(factory: &F) {
+pub async fn bounded_reads<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
     let store = factory.store(Limits::default()).await;
-    let a = stream("a");
-    let b = stream("b");
+    let a = stream("a")?;
+    let b = stream("b")?;
     for n in 1..=20u64 {
         let target = if n % 3 == 0 { &b } else { &a };
         store
             .append(target, ExpectedVersion::Any, vec![event("E", n)])
             .await
-            .expect("append");
+            .or_violation("append")?;
     }
     let from_five: Vec<u64> = store
-        .read_stream(&a, version(5))
+        .read_stream(&a, version(5)?)
         .map_ok(|e| e.version.get())
         .try_collect()
         .await
-        .expect("read from version 5");
-    assert_eq!(from_five, (5..=14).collect::<Vec<_>>());
-    assert!(read_all(&store, &stream("none")).await.is_empty());
+        .or_violation("read from version 5")?;
+    ensure_eq!(
+        from_five,
+        (5..=14).collect::<Vec<_>>(),
+        "a stream read starts at the version asked for"
+    );
+    let none = read_all(&store, &stream("none")?).await?;
+    ensure!(
+        none.is_empty(),
+        "a stream never appended to reads empty, got {} events",
+        none.len()
+    );
 
     // Batches hold at most `limit` events and chain without gaps or repeats. (Events may wait
     // behind another transaction running on the same server; the loop waits for them.)
@@ -367,45 +450,60 @@ pub async fn bounded_reads<F: StoreFactory>(factory: &F) {
         let batch = store
             .read_feed_batch(after, 6, &FeedFilter::all())
             .await
-            .expect("feed batch");
-        assert!(batch.events.len() <= 6, "a batch is bounded by its limit");
+            .or_violation("feed batch")?;
+        ensure!(
+            batch.events.len() <= 6,
+            "a batch is bounded by its limit: got {} events for a limit of 6",
+            batch.events.len()
+        );
         for e in &batch.events {
-            assert!(e.position > after, "feed moves forward");
+            ensure!(
+                e.position > after,
+                "feed moves forward: got {} after {after}",
+                e.position
+            );
             after = e.position;
         }
-        assert_eq!(batch.next, after);
+        ensure_eq!(
+            batch.next,
+            after,
+            "a batch's next position is that of its last event"
+        );
         seen.extend(batch.events.iter().map(|e| e.payload["n"].as_u64()));
         if batch.reached_head && seen.len() >= 20 {
             break;
         }
         if batch.reached_head {
-            assert!(
+            ensure!(
                 std::time::Instant::now() < deadline,
                 "feed stalled at {after}"
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
-    assert_eq!(
+    ensure_eq!(
         seen,
         (1..=20).map(Some).collect::<Vec<_>>(),
         "feed in append order"
     );
-    let err = store
+    let result = store
         .read_feed_batch(FeedPosition::START, 0, &FeedFilter::all())
-        .await
-        .expect_err("a zero batch is refused");
-    assert!(matches!(
-        err,
-        StoreError::Invalid(ValidationError::ZeroBatchSize)
-    ));
+        .await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(ValidationError::ZeroBatchSize))
+        ),
+        "a zero batch is refused with ZeroBatchSize, got {result:?}"
+    );
+    Ok(())
 }
 
 /// Filters by category and type still advance the reader across events they drop.
-pub async fn feed_filters<F: StoreFactory>(factory: &F) {
+pub async fn feed_filters<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
     let store = factory.store(Limits::default()).await;
-    let order = StreamId::new("order", "1").expect("id");
-    let user = StreamId::new("user", "1").expect("id");
+    let order = StreamId::new("order", "1").or_violation("id")?;
+    let user = StreamId::new("user", "1").or_violation("id")?;
     for n in 1..=30u64 {
         let (target, kind) = if n % 10 == 0 {
             (&order, "OrderShipped")
@@ -417,40 +515,68 @@ pub async fn feed_filters<F: StoreFactory>(factory: &F) {
         store
             .append(target, ExpectedVersion::Any, vec![event(kind, n)])
             .await
-            .expect("append");
+            .or_violation("append")?;
     }
     let orders = read_whole_feed(
         &store,
-        FeedFilter::all().with_categories([Category::new("order").expect("category")]),
+        FeedFilter::all().with_categories([Category::new("order").or_violation("category")?]),
         15,
     )
-    .await;
-    assert_eq!(orders.len(), 15);
-    assert!(orders.iter().all(|e| e.stream_id == order));
+    .await?;
+    ensure_eq!(
+        orders.len(),
+        15,
+        "the category filter passes the 15 order events"
+    );
+    let strays: Vec<&StreamId> = orders
+        .iter()
+        .map(|e| &e.stream_id)
+        .filter(|s| **s != order)
+        .collect();
+    ensure!(
+        strays.is_empty(),
+        "the category filter passes only order events, got events of {strays:?}"
+    );
     let shipped = read_whole_feed(
         &store,
         FeedFilter::all().with_event_types(["OrderShipped"]),
         3,
     )
-    .await;
+    .await?;
     let ns: Vec<_> = shipped.iter().map(|e| e.payload["n"].as_u64()).collect();
-    assert_eq!(ns, vec![Some(10), Some(20), Some(30)]);
+    ensure_eq!(
+        ns,
+        vec![Some(10), Some(20), Some(30)],
+        "the type filter passes the three OrderShipped events, in order"
+    );
 
     // A batch that examines only unwanted events returns none but moves past them.
     let filter = FeedFilter::all().with_event_types(["OrderShipped"]);
     let batch = store
         .read_feed_batch(FeedPosition::START, 5, &filter)
         .await
-        .expect("batch");
-    assert!(batch.events.is_empty());
-    assert!(batch.next > FeedPosition::START, "the reader advanced");
-    assert!(!batch.reached_head);
+        .or_violation("batch")?;
+    ensure!(
+        batch.events.is_empty(),
+        "a batch that examines only unwanted events returns none, got {} events",
+        batch.events.len()
+    );
+    ensure!(
+        batch.next > FeedPosition::START,
+        "the reader advanced: next is {}",
+        batch.next
+    );
+    ensure!(
+        !batch.reached_head,
+        "a batch that examined 5 of 30 events did not reach the head"
+    );
+    Ok(())
 }
 
 /// Unicode in payloads, metadata and ids, and large payloads, round-trip unchanged.
-pub async fn unicode_and_large_payloads<F: StoreFactory>(factory: &F) {
+pub async fn unicode_and_large_payloads<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
     let store = factory.store(Limits::default()).await;
-    let id = StreamId::new("order", "注文-🚀-Ωmega").expect("unicode id");
+    let id = StreamId::new("order", "注文-🚀-Ωmega").or_violation("unicode id")?;
     let metadata = EventMetadata {
         correlation_id: Some(Uuid::now_v7()),
         causation_id: Some(Uuid::now_v7()),
@@ -471,36 +597,47 @@ pub async fn unicode_and_large_payloads<F: StoreFactory>(factory: &F) {
     store
         .append(&id, ExpectedVersion::NoStream, events.clone())
         .await
-        .expect("append unicode and large events");
-    let stored = read_all(&store, &id).await;
-    assert_eq!(stored.len(), 2);
+        .or_violation("append unicode and large events")?;
+    let stored = read_all(&store, &id).await?;
+    ensure_eq!(stored.len(), 2, "both events are stored");
     for (stored, sent) in stored.iter().zip(&events) {
-        assert_eq!(stored.stream_id, id);
-        assert_eq!(stored.event_id, sent.event_id);
-        assert_eq!(stored.event_type, sent.event_type);
-        assert_eq!(stored.schema_version, sent.schema_version);
-        assert_eq!(stored.payload, sent.payload);
-        assert_eq!(stored.metadata, metadata);
+        ensure_eq!(stored.stream_id, id, "the stream id round-trips");
+        ensure_eq!(stored.event_id, sent.event_id, "the event id round-trips");
+        ensure_eq!(
+            stored.event_type,
+            sent.event_type,
+            "the event type round-trips"
+        );
+        ensure_eq!(
+            stored.schema_version,
+            sent.schema_version,
+            "the schema version round-trips"
+        );
+        ensure_eq!(stored.payload, sent.payload, "the payload round-trips");
+        ensure_eq!(stored.metadata, metadata, "the metadata round-trips");
     }
+    Ok(())
 }
 
 /// Bad input is refused with a typed error before it reaches storage.
-pub async fn bad_input_refused<F: StoreFactory>(factory: &F) {
+pub async fn bad_input_refused<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
     let limits = Limits {
         max_payload_bytes: 1000,
         max_events_per_append: 5,
     };
     let store = factory.store(limits).await;
-    let a = stream("a");
+    let a = stream("a")?;
 
-    assert_eq!(
+    ensure_eq!(
         StreamId::new("order", ""),
-        Err(ValidationError::EmptyStreamId)
+        Err(ValidationError::EmptyStreamId),
+        "an empty stream id is refused"
     );
-    assert!(matches!(
-        StreamId::new("order", "x".repeat(256)),
-        Err(ValidationError::StreamIdTooLong { .. })
-    ));
+    let long = StreamId::new("order", "x".repeat(256));
+    ensure!(
+        matches!(long, Err(ValidationError::StreamIdTooLong { .. })),
+        "a 256-byte stream id is refused with StreamIdTooLong, got {long:?}"
+    );
 
     let big = NewEvent::new(
         "E",
@@ -508,179 +645,220 @@ pub async fn bad_input_refused<F: StoreFactory>(factory: &F) {
         json!({ "blob": "x".repeat(1000) }),
         EventMetadata::default(),
     );
-    let err = store
-        .append(&a, ExpectedVersion::Any, vec![big])
-        .await
-        .expect_err("payload over the limit");
-    assert!(
+    let result = store.append(&a, ExpectedVersion::Any, vec![big]).await;
+    ensure!(
         matches!(
-            err,
-            StoreError::Invalid(ValidationError::PayloadTooLarge { limit: 1000, .. })
+            result,
+            Err(StoreError::Invalid(ValidationError::PayloadTooLarge { limit: 1000, .. }))
         ),
-        "{err:?}"
+        "a payload over the limit is refused with PayloadTooLarge naming the limit 1000, got {result:?}"
     );
 
-    let err = store
+    let result = store
         .append(
             &a,
             ExpectedVersion::Any,
             (0..6).map(|n| event("E", n)).collect(),
         )
-        .await
-        .expect_err("too many events");
-    assert!(matches!(
-        err,
-        StoreError::Invalid(ValidationError::TooManyEvents { .. })
-    ));
+        .await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(ValidationError::TooManyEvents { .. }))
+        ),
+        "too many events are refused with TooManyEvents, got {result:?}"
+    );
 
-    let err = store
+    let result = store
         .append(
             &a,
             ExpectedVersion::Exact(StreamVersion::MAX),
             vec![event("E", 1)],
         )
-        .await
-        .expect_err("version overflow");
-    assert!(matches!(
-        err,
-        StoreError::Invalid(ValidationError::VersionOverflow { .. })
-    ));
+        .await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(ValidationError::VersionOverflow { .. }))
+        ),
+        "a version overflow is refused with VersionOverflow, got {result:?}"
+    );
 
     let mut zero = event("E", 1);
     zero.schema_version = 0;
-    let err = store
-        .append(&a, ExpectedVersion::Any, vec![zero])
-        .await
-        .expect_err("schema version 0");
-    assert!(matches!(
-        err,
-        StoreError::Invalid(ValidationError::SchemaVersionOutOfRange { .. })
-    ));
+    let result = store.append(&a, ExpectedVersion::Any, vec![zero]).await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(
+                ValidationError::SchemaVersionOutOfRange { .. }
+            ))
+        ),
+        "schema version 0 is refused with SchemaVersionOutOfRange, got {result:?}"
+    );
 
     let untyped = event("", 1);
-    let err = store
-        .append(&a, ExpectedVersion::Any, vec![untyped])
-        .await
-        .expect_err("empty type");
-    assert!(matches!(
-        err,
-        StoreError::Invalid(ValidationError::EmptyEventType { .. })
-    ));
+    let result = store.append(&a, ExpectedVersion::Any, vec![untyped]).await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(ValidationError::EmptyEventType { .. }))
+        ),
+        "an empty type is refused with EmptyEventType, got {result:?}"
+    );
 
     let twice = event("E", 1);
-    let err = store
+    let result = store
         .append(&a, ExpectedVersion::Any, vec![twice.clone(), twice])
-        .await
-        .expect_err("one id twice");
-    assert!(matches!(
-        err,
-        StoreError::Invalid(ValidationError::DuplicateEventId { .. })
-    ));
+        .await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(
+                ValidationError::DuplicateEventId { .. }
+            ))
+        ),
+        "one id twice is refused with DuplicateEventId, got {result:?}"
+    );
 
     let nul = NewEvent::new("E", 1, json!({ "s": "a\u{0}b" }), EventMetadata::default());
-    let err = store
-        .append(&a, ExpectedVersion::Any, vec![nul])
-        .await
-        .expect_err("NUL in payload");
-    assert!(matches!(
-        err,
-        StoreError::Invalid(ValidationError::NulInPayload { .. })
-    ));
+    let result = store.append(&a, ExpectedVersion::Any, vec![nul]).await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(ValidationError::NulInPayload { .. }))
+        ),
+        "NUL in payload is refused with NulInPayload, got {result:?}"
+    );
 
     // A command addressed to a stream of another category.
     let repository = Repository::<Counter, _>::new(store.clone());
-    let err = repository
-        .execute(&stream("a"), Increment(1), &CommandContext::new())
-        .await
-        .expect_err("wrong category");
-    assert!(matches!(
-        err,
-        CommandError::Invalid(ValidationError::WrongCategory { .. })
-    ));
+    let result = repository
+        .execute(&stream("a")?, Increment(1), &CommandContext::new())
+        .await;
+    ensure!(
+        matches!(
+            result,
+            Err(CommandError::Invalid(ValidationError::WrongCategory { .. }))
+        ),
+        "a command to a stream of the wrong category is refused with WrongCategory, got {result:?}"
+    );
 
-    assert!(read_all(&store, &a).await.is_empty(), "nothing was stored");
+    let stored = read_all(&store, &a).await?;
+    ensure!(
+        stored.is_empty(),
+        "nothing was stored, got {} events",
+        stored.len()
+    );
+    Ok(())
 }
 
 /// Events flow through the repository with metadata from the command context; a domain
 /// refusal stores nothing; an event that does not decode is an error naming stream and version.
-pub async fn repository_flow<F: StoreFactory>(factory: &F) {
+pub async fn repository_flow<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
     let store = factory.store(Limits::default()).await;
     let repository = Repository::<Counter, _>::new(store.clone());
-    let id = Counter::stream_id("flow").expect("id");
+    let id = Counter::stream_id("flow").or_violation("id")?;
     let ctx = CommandContext::new()
         .with_actor("tester")
         .with_header("k", "v");
     let done = repository
         .execute(&id, Increment(5), &ctx)
         .await
-        .expect("increment");
-    assert_eq!(done.version, version(1));
-    assert_eq!(done.state.value, 5);
-    assert_eq!(done.attempts, 1);
+        .or_violation("increment")?;
+    ensure_eq!(
+        done.version,
+        version(1)?,
+        "the first command makes version 1"
+    );
+    ensure_eq!(done.state.value, 5, "the new state holds the increment");
+    ensure_eq!(done.attempts, 1, "an uncontended command takes one attempt");
 
-    let err = repository
+    let result = repository
         .execute(&id, Increment(Counter::MAX as u32), &CommandContext::new())
-        .await
-        .expect_err("over the maximum");
-    assert!(matches!(err, CommandError::Rejected(_)), "{err:?}");
+        .await;
+    ensure!(
+        matches!(result, Err(CommandError::Rejected(_))),
+        "a command over the maximum is rejected, got {result:?}"
+    );
 
-    let stored = read_all(&store, &id).await;
-    assert_eq!(stored.len(), 1, "a refused command stores nothing");
+    let stored = read_all(&store, &id).await?;
+    ensure_eq!(stored.len(), 1, "a refused command stores nothing");
     let meta = &stored[0].metadata;
-    assert_eq!(meta.causation_id, Some(ctx.command_id));
-    assert_eq!(meta.correlation_id, Some(ctx.correlation_id));
-    assert_eq!(meta.actor.as_deref(), Some("tester"));
-    assert_eq!(meta.headers.get("k").map(String::as_str), Some("v"));
+    ensure_eq!(
+        meta.causation_id,
+        Some(ctx.command_id),
+        "the causation id is the command id"
+    );
+    ensure_eq!(
+        meta.correlation_id,
+        Some(ctx.correlation_id),
+        "the correlation id comes from the command context"
+    );
+    ensure_eq!(
+        meta.actor.as_deref(),
+        Some("tester"),
+        "the actor comes from the command context"
+    );
+    ensure_eq!(
+        meta.headers.get("k").map(String::as_str),
+        Some("v"),
+        "the headers come from the command context"
+    );
 
     // An event of a type the aggregate does not know.
     store
         .append(&id, ExpectedVersion::Any, vec![event("Mystery", 1)])
         .await
-        .expect("append a foreign event");
+        .or_violation("append a foreign event")?;
     match repository.load(&id).await {
         Err(CommandError::Store(StoreError::Decode {
             stream,
             version: v,
             source,
         })) => {
-            assert_eq!(stream, id);
-            assert_eq!(v, version(2));
-            assert!(source.to_string().contains("Mystery"), "{source}");
+            ensure_eq!(stream, id, "the decode error names the stream");
+            ensure_eq!(v, version(2)?, "the decode error names the version");
+            ensure!(
+                source.to_string().contains("Mystery"),
+                "the decode error names the unknown type Mystery: {source}"
+            );
+            Ok(())
         }
-        other => panic!(
+        other => Err(Violation::new(format!(
             "expected a decode error, got {:?}",
             other.map(|l| l.version)
-        ),
+        ))),
     }
 }
 
 /// Takes the next event of a subscription, failing after a minute.
-async fn next_event(subscription: &mut crate::Subscription) -> RecordedEvent {
+async fn next_event(subscription: &mut crate::Subscription) -> Result<RecordedEvent, Violation> {
     tokio::time::timeout(std::time::Duration::from_secs(60), subscription.next())
         .await
-        .expect("the subscription delivered within a minute")
-        .expect("the subscription does not end")
-        .expect("the subscription does not fail")
+        .or_violation("the subscription delivered within a minute")?
+        .or_violation("the subscription does not end")?
+        .or_violation("the subscription does not fail")
 }
 
 /// A subscription catches up, then delivers events appended later, each once and in order;
 /// resuming from its position delivers exactly the rest.
-pub async fn subscription_catch_up_and_live<F: StoreFactory>(factory: &F) {
+pub async fn subscription_catch_up_and_live<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
     let store = factory.store(Limits::default()).await;
-    let a = stream("a");
+    let a = stream("a")?;
     for n in 1..=5u64 {
         store
             .append(&a, ExpectedVersion::Any, vec![event("E", n)])
             .await
-            .expect("append");
+            .or_violation("append")?;
     }
     let options = SubscriptionOptions::default()
         .with_batch_size(2)
         .with_poll_interval(std::time::Duration::from_millis(50));
     let mut subscription = store.subscribe(FeedPosition::START, options.clone());
     for n in 1..=5u64 {
-        assert_eq!(
-            next_event(&mut subscription).await.payload["n"],
+        ensure_eq!(
+            next_event(&mut subscription).await?.payload["n"],
             n,
             "catch-up in order"
         );
@@ -688,75 +866,98 @@ pub async fn subscription_catch_up_and_live<F: StoreFactory>(factory: &F) {
     let live = store.clone();
     let writer = tokio::spawn(async move {
         for n in 6..=9u64 {
-            live.append(&stream("a"), ExpectedVersion::Any, vec![event("E", n)])
+            live.append(&stream("a")?, ExpectedVersion::Any, vec![event("E", n)])
                 .await
-                .expect("append");
+                .or_violation("append")?;
         }
+        Ok::<(), Violation>(())
     });
     for n in 6..=7u64 {
-        assert_eq!(
-            next_event(&mut subscription).await.payload["n"],
+        ensure_eq!(
+            next_event(&mut subscription).await?.payload["n"],
             n,
             "live in order"
         );
     }
     let saved = subscription.position();
     drop(subscription);
-    writer.await.expect("writer");
+    writer.await.or_violation("writer")??;
     let mut resumed = store.subscribe(saved, options);
     for n in 8..=9u64 {
-        let e = next_event(&mut resumed).await;
-        assert_eq!(
-            e.payload["n"], n,
+        let e = next_event(&mut resumed).await?;
+        ensure_eq!(
+            e.payload["n"],
+            n,
             "resumed exactly after the saved position"
         );
-        assert_eq!(e.version, version(n));
+        ensure_eq!(
+            e.version,
+            version(n)?,
+            "a resumed event keeps its stream version"
+        );
     }
+    Ok(())
 }
 
 /// A filtered subscription delivers only what it wants and its position moves past the rest.
-pub async fn subscription_filter_advances<F: StoreFactory>(factory: &F) {
+pub async fn subscription_filter_advances<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
     let store = factory.store(Limits::default()).await;
     for n in 1..=40u64 {
         let kind = if n == 40 { "Wanted" } else { "Unwanted" };
         store
-            .append(&stream("f"), ExpectedVersion::Any, vec![event(kind, n)])
+            .append(&stream("f")?, ExpectedVersion::Any, vec![event(kind, n)])
             .await
-            .expect("append");
+            .or_violation("append")?;
     }
     let options = SubscriptionOptions::default()
         .with_batch_size(3)
         .with_poll_interval(std::time::Duration::from_millis(50))
         .with_filter(FeedFilter::all().with_event_types(["Wanted"]));
     let mut subscription = store.subscribe(FeedPosition::START, options);
-    let wanted = next_event(&mut subscription).await;
-    assert_eq!(wanted.payload["n"], 40);
-    assert_eq!(subscription.position(), wanted.position);
+    let wanted = next_event(&mut subscription).await?;
+    ensure_eq!(
+        wanted.payload["n"],
+        40,
+        "the filtered subscription delivers the Wanted event first"
+    );
+    ensure_eq!(
+        subscription.position(),
+        wanted.position,
+        "the position is that of the delivered event"
+    );
     store
         .append(
-            &stream("f"),
+            &stream("f")?,
             ExpectedVersion::Any,
             vec![event("Unwanted", 41)],
         )
         .await
-        .expect("append");
+        .or_violation("append")?;
     // Only unwanted events follow: the position still moves past them.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let stored = read_all(&store, &stream("f")).await;
-    let last = stored.last().expect("events").position;
+    let stored = read_all(&store, &stream("f")?).await?;
+    let last = stored.last().or_violation("events")?.position;
     while subscription.position() < last {
-        assert!(
+        ensure!(
             std::time::Instant::now() < deadline,
-            "position did not advance"
+            "position did not advance: at {} after a minute, short of {last}",
+            subscription.position()
         );
         let _ =
             tokio::time::timeout(std::time::Duration::from_millis(100), subscription.next()).await;
     }
-    assert_eq!(subscription.position(), last);
+    ensure_eq!(
+        subscription.position(),
+        last,
+        "the position moves past the unwanted events to the last one"
+    );
+    Ok(())
 }
 
 /// Runs every contract check as its own test, given an expression producing a
 /// [`StoreFactory`].
+///
+/// A test fails with the message of the [`Violation`] its check returns.
 ///
 /// ```text
 /// eventsource_core::store_contract_tests!(MyFactory::new());
@@ -773,7 +974,9 @@ macro_rules! store_contract_tests {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $name() {
-                $crate::testing::contract::$name(&$factory).await;
+                if let Err(violation) = $crate::testing::contract::$name(&$factory).await {
+                    panic!("{violation}");
+                }
             }
         )*
     };

@@ -16,6 +16,7 @@ use crate::feed::{FeedBatch, FeedFilter};
 use crate::idempotency::{replayed_append, StoredEventLocation};
 use crate::limits::Limits;
 use crate::position::FeedPosition;
+use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::stream_id::StreamId;
 use crate::subscription::{Subscribe, WakeSignal};
 use crate::version::StreamVersion;
@@ -44,6 +45,8 @@ struct State {
     streams: HashMap<StreamId, Vec<usize>>,
     /// Index into `events` of each stored event id.
     event_ids: HashMap<Uuid, usize>,
+    /// The latest snapshot of each stream that has one.
+    snapshots: HashMap<StreamId, Snapshot>,
     last_transaction: u64,
 }
 
@@ -227,6 +230,24 @@ impl FeedReader for InMemoryStore {
             next: window.last().map_or(after, |e| e.position),
             reached_head: window.len() < limit,
         })
+    }
+}
+
+#[async_trait]
+impl SnapshotStore for InMemoryStore {
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.state().snapshots.get(stream).cloned())
+    }
+
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let kept = state.snapshots.get(&snapshot.stream_id);
+        if kept.is_none_or(|kept| kept.version <= snapshot.version) {
+            state
+                .snapshots
+                .insert(snapshot.stream_id.clone(), snapshot.clone());
+        }
+        Ok(())
     }
 }
 

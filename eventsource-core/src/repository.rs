@@ -1,7 +1,11 @@
 //! The repository: load an aggregate, decide on a command, append under optimistic concurrency,
 //! and retry on conflicts.
 
+use std::sync::Arc;
+
 use futures::TryStreamExt;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::aggregate::Aggregate;
 use crate::command_context::CommandContext;
@@ -11,6 +15,8 @@ use crate::event::NewEvent;
 use crate::event_store::{EventAppender, StreamReader};
 use crate::expected_version::ExpectedVersion;
 use crate::retry_policy::RetryPolicy;
+use crate::snapshot::{SnapshotStore, Snapshotting};
+use crate::snapshot_policy::SnapshotPolicy;
 use crate::stream_id::StreamId;
 use crate::version::StreamVersion;
 
@@ -84,6 +90,7 @@ pub struct Repository<A: Aggregate, S> {
     store: S,
     services: A::Services,
     retry: RetryPolicy,
+    snapshots: Option<Snapshotting<A>>,
 }
 
 impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S>
@@ -103,6 +110,7 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
             store,
             services,
             retry: RetryPolicy::default(),
+            snapshots: None,
         }
     }
 
@@ -117,15 +125,21 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
         &self.store
     }
 
-    /// Loads the aggregate in `stream` by folding every stored event.
+    /// Loads the aggregate in `stream`: its snapshot, when the repository takes snapshots and
+    /// one is kept, and the events stored after it (else every event).
     ///
     /// Reads the stream directly (every committed event), never through the feed's horizon.
     pub async fn load(&self, stream: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
         self.check_category(stream)?;
+        let restored = match &self.snapshots {
+            Some(snapshots) => snapshots.restore(stream).await?,
+            None => None,
+        };
+        let (state, version) = restored.unwrap_or_else(|| (A::default(), StreamVersion::INITIAL));
         let mut loaded = Loaded {
             stream_id: stream.clone(),
-            state: A::default(),
-            version: StreamVersion::INITIAL,
+            state,
+            version,
         };
         self.catch_up(&mut loaded).await?;
         Ok(loaded)
@@ -201,6 +215,16 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
                     for event in &events {
                         loaded.state.apply(event);
                     }
+                    if let Some(snapshots) = &self.snapshots {
+                        snapshots
+                            .after_append(
+                                stream,
+                                loaded.version,
+                                result.stream_version,
+                                &loaded.state,
+                            )
+                            .await;
+                    }
                     return Ok(Executed {
                         stream_id: stream.clone(),
                         events,
@@ -235,5 +259,41 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
             });
         }
         Ok(())
+    }
+}
+
+impl<A, S> Repository<A, S>
+where
+    A: Aggregate + Serialize + DeserializeOwned,
+    S: EventAppender + StreamReader,
+{
+    /// Takes a snapshot of the aggregate's state (serialized with serde) each time a command
+    /// makes its stream pass a multiple of `policy.every` events, into `snapshots` (usually the
+    /// event store itself), and loads from the latest snapshot plus the events after it.
+    ///
+    /// ```
+    /// # use eventsource_core::testing::counter::{Counter, Increment};
+    /// use eventsource_core::{Aggregate, CommandContext, InMemoryStore, Repository, SnapshotPolicy};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = InMemoryStore::new();
+    /// let repository = Repository::<Counter, _>::new(store.clone())
+    ///     .with_snapshots(store.clone(), SnapshotPolicy::every(100));
+    /// let id = Counter::stream_id("c-1")?;
+    /// repository.execute(&id, Increment(2), &CommandContext::new()).await?;
+    /// assert_eq!(repository.load(&id).await?.state.value, 2);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_snapshots(
+        mut self,
+        snapshots: impl SnapshotStore + 'static,
+        policy: SnapshotPolicy,
+    ) -> Self {
+        self.snapshots = Some(Snapshotting {
+            store: Arc::new(snapshots),
+            policy,
+            encode: |state| serde_json::to_value(state),
+            decode: serde_json::from_value,
+        });
+        self
     }
 }

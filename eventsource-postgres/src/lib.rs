@@ -18,6 +18,7 @@ pub mod projection;
 mod read_feed;
 mod read_stream;
 mod row;
+mod snapshot;
 mod store;
 mod subscribe;
 pub mod testing;

@@ -122,14 +122,14 @@ impl std::fmt::Display for OrderStatus {
 }
 
 /// One line of an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Line {
     pub quantity: u32,
     pub unit_price_cents: u64,
 }
 
-/// An order, folded from its events.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// An order, folded from its events (serializable, for snapshots).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Order {
     pub status: OrderStatus,
     pub customer: String,

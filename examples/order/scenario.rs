@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use eventsource::{
-    Aggregate, CommandContext, CommandError, EventStore, Repository, StreamId, StreamVersion,
+    Aggregate, CommandContext, CommandError, EventStore, Repository, SnapshotPolicy, SnapshotStore,
+    StreamId, StreamVersion,
 };
 use futures::TryStreamExt;
 use tokio::sync::oneshot;
@@ -17,10 +18,11 @@ use crate::domain::{Inventory, Order, OrderCommand, OrderServices};
 type Orders<S> = Repository<Order, S>;
 
 /// Runs the scenario on `store`, prints every order's stream, and returns the orders' ids.
-pub async fn run<S: EventStore + Clone + 'static>(
+pub async fn run<S: EventStore + SnapshotStore + Clone + 'static>(
     store: S,
 ) -> Result<Vec<StreamId>, Box<dyn Error>> {
-    let orders = Orders::new(store.clone());
+    // A snapshot every 5 events: loads fold the latest snapshot and the events after it.
+    let orders = Orders::new(store.clone()).with_snapshots(store.clone(), SnapshotPolicy::every(5));
     let alice = CommandContext::new().with_actor("alice@example.com");
 
     println!("\n== An order from placement to shipping");
@@ -51,6 +53,13 @@ pub async fn run<S: EventStore + Clone + 'static>(
         shipped.state.lines.len(),
         money(shipped.state.total_cents())
     );
+    if let Some(snapshot) = store.load_snapshot(&first).await? {
+        println!(
+            "   (loaded from its snapshot at version {} and the {} event(s) after it)",
+            snapshot.version,
+            shipped.version.get() - snapshot.version.get()
+        );
+    }
 
     println!("\n== Commands the order refuses");
     execute(&orders, &first, add("MUG", 1, 1_200), &alice).await?;

@@ -22,6 +22,8 @@ use crate::metadata::EventMetadata;
 use crate::position::FeedPosition;
 use crate::repository::{CommandError, Repository};
 use crate::retry_policy::RetryPolicy;
+use crate::snapshot::{Snapshot, SnapshotStore};
+use crate::snapshot_policy::SnapshotPolicy;
 use crate::stream_id::{Category, StreamId};
 use crate::subscription::{Subscribe, SubscriptionOptions};
 use crate::testing::counter::{Counter, Increment};
@@ -34,7 +36,7 @@ use crate::{Aggregate, CommandContext};
 #[async_trait]
 pub trait StoreFactory: Send + Sync {
     /// The store type under test.
-    type Store: EventStore + Subscribe;
+    type Store: EventStore + Subscribe + SnapshotStore;
     /// A new, empty store enforcing `limits`.
     async fn store(&self, limits: Limits) -> Self::Store;
 }
@@ -954,6 +956,159 @@ pub async fn subscription_filter_advances<F: StoreFactory>(factory: &F) -> Resul
     Ok(())
 }
 
+/// A stream's snapshot is kept and read back as saved; a snapshot of an older version never
+/// replaces a newer one.
+pub async fn snapshots_keep_the_latest<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
+    let store = factory.store(Limits::default()).await;
+    let id = stream("snap")?;
+    let at = |v: u64, value: u64| -> Result<Snapshot, Violation> {
+        Ok(Snapshot {
+            stream_id: id.clone(),
+            version: version(v)?,
+            state_version: 3,
+            state: json!({ "value": value, "text": "ünïcødé" }),
+        })
+    };
+    let none = store
+        .load_snapshot(&id)
+        .await
+        .or_violation("load a missing snapshot")?;
+    ensure_eq!(none, None, "a stream without a snapshot has none");
+
+    store
+        .save_snapshot(&at(20, 1)?)
+        .await
+        .or_violation("save a snapshot")?;
+    let kept = store.load_snapshot(&id).await.or_violation("load")?;
+    ensure_eq!(kept, Some(at(20, 1)?), "the snapshot reads back as saved");
+
+    store
+        .save_snapshot(&at(10, 2)?)
+        .await
+        .or_violation("save an older snapshot")?;
+    let kept = store.load_snapshot(&id).await.or_violation("load")?;
+    ensure_eq!(
+        kept,
+        Some(at(20, 1)?),
+        "an older snapshot does not replace a newer one"
+    );
+
+    store
+        .save_snapshot(&at(30, 3)?)
+        .await
+        .or_violation("save a newer snapshot")?;
+    let kept = store.load_snapshot(&id).await.or_violation("load")?;
+    ensure_eq!(
+        kept,
+        Some(at(30, 3)?),
+        "a newer snapshot replaces the kept one"
+    );
+    let other = store
+        .load_snapshot(&stream("other")?)
+        .await
+        .or_violation("load another stream's snapshot")?;
+    ensure_eq!(other, None, "snapshots belong to their own stream");
+    Ok(())
+}
+
+/// A repository with snapshots saves one each time a stream passes a multiple of the policy's
+/// interval and loads from it plus the events after it; snapshots of another state shape, or
+/// that do not decode, are ignored.
+pub async fn repository_loads_snapshot_and_tail<F: StoreFactory>(
+    factory: &F,
+) -> Result<(), Violation> {
+    let store = factory.store(Limits::default()).await;
+    let policy = SnapshotPolicy::every(10);
+    let repository =
+        Repository::<Counter, _>::new(store.clone()).with_snapshots(store.clone(), policy);
+    let id = Counter::stream_id("snapped").or_violation("id")?;
+    for _ in 0..25 {
+        repository
+            .execute(&id, Increment(1), &CommandContext::new())
+            .await
+            .or_violation("increment")?;
+    }
+    let kept = store
+        .load_snapshot(&id)
+        .await
+        .or_violation("load the snapshot")?
+        .or_violation("a snapshot was taken")?;
+    ensure_eq!(
+        kept.version,
+        version(20)?,
+        "the snapshot is of the last multiple of 10"
+    );
+    ensure_eq!(
+        kept.state_version,
+        1,
+        "the snapshot has the policy's state shape"
+    );
+    ensure_eq!(
+        kept.state,
+        json!({ "value": 20, "events": 20 }),
+        "the snapshot holds the state at its version"
+    );
+
+    // A snapshot whose state differs from the fold shows which one a load used.
+    let marked = Snapshot {
+        state: json!({ "value": 1000, "events": 20 }),
+        ..kept.clone()
+    };
+    store
+        .save_snapshot(&marked)
+        .await
+        .or_violation("save a marked snapshot")?;
+    let loaded = repository.load(&id).await.or_violation("load")?;
+    ensure_eq!(
+        (loaded.state.value, loaded.version),
+        (1005, version(25)?),
+        "a load folds the 5 events after the snapshot into it"
+    );
+
+    let reshaped = Repository::<Counter, _>::new(store.clone())
+        .with_snapshots(store.clone(), policy.with_state_version(2));
+    let loaded = reshaped.load(&id).await.or_violation("load")?;
+    ensure_eq!(
+        (loaded.state.value, loaded.version),
+        (25, version(25)?),
+        "a snapshot of another state shape is ignored"
+    );
+
+    let garbled = Snapshot {
+        state: json!("not a counter"),
+        ..kept
+    };
+    store
+        .save_snapshot(&garbled)
+        .await
+        .or_violation("save a garbled snapshot")?;
+    let loaded = repository.load(&id).await.or_violation("load")?;
+    ensure_eq!(
+        (loaded.state.value, loaded.version),
+        (25, version(25)?),
+        "a snapshot that does not decode is ignored"
+    );
+
+    // Commands keep working on top of a snapshot and take the next one when due.
+    for _ in 0..5 {
+        reshaped
+            .execute(&id, Increment(1), &CommandContext::new())
+            .await
+            .or_violation("increment")?;
+    }
+    let kept = store
+        .load_snapshot(&id)
+        .await
+        .or_violation("load the snapshot")?
+        .or_violation("a snapshot was taken")?;
+    ensure_eq!(
+        (kept.version, kept.state_version, kept.state),
+        (version(30)?, 2, json!({ "value": 30, "events": 30 })),
+        "the next snapshot is taken at 30, in the new shape"
+    );
+    Ok(())
+}
+
 /// Runs every contract check as its own test, given an expression producing a
 /// [`StoreFactory`].
 ///
@@ -968,7 +1123,8 @@ macro_rules! store_contract_tests {
         $crate::store_contract_tests!(@each $factory;
             expected_versions, repository_race, idempotent_append, bounded_reads,
             feed_filters, unicode_and_large_payloads, bad_input_refused, repository_flow,
-            subscription_catch_up_and_live, subscription_filter_advances);
+            subscription_catch_up_and_live, subscription_filter_advances, snapshots_keep_the_latest,
+            repository_loads_snapshot_and_tail);
     };
     (@each $factory:expr; $($name:ident),*) => {
         $(

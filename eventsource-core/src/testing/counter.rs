@@ -80,7 +80,7 @@ pub struct TooHigh {
 }
 
 /// A counter that refuses to go past [`Counter::MAX`].
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counter {
     /// The current value.
     pub value: u64,

@@ -108,6 +108,15 @@ pub enum ValidationError {
         /// The type name.
         event_type: String,
     },
+    /// A type name or metadata text (actor, header) holding U+0000, which PostgreSQL text
+    /// cannot store.
+    #[error("the {field} of an event of type {event_type:?} contains the character U+0000, which cannot be stored; remove it")]
+    NulInEventText {
+        /// The type name (escaped when printed).
+        event_type: String,
+        /// Which text: `type name`, `actor` or `header`.
+        field: &'static str,
+    },
     /// More events in one append than the configured limit.
     #[error(
         "an append of {count} events exceeds the limit of {limit}; split it into several appends"
@@ -187,7 +196,7 @@ pub enum StoreError {
     /// Stored events carry transaction ids the database has not assigned yet: it was restored
     /// from a dump into another cluster. The feed refuses to run rather than silently never
     /// deliver new events.
-    #[error("the events carry transaction ids up to {newest_stored}, but this database's next transaction id is {next_transaction}: it was restored into another cluster. Stop writers and subscribers and run `SELECT * FROM eventsource.repair_restored_feed(ARRAY[<positions you saved outside the database>])` once (see docs/administration.md)")]
+    #[error("the events carry transaction ids up to {newest_stored}, but this database's next transaction id is {next_transaction}: it was restored into another cluster, and appends and feed reads are refused until it is repaired. Stop writers and subscribers and run `SELECT * FROM eventsource.repair_restored_feed(ARRAY[<positions you saved outside the database>])` once (see docs/administration.md)")]
     TransactionIdsWentBackwards {
         /// The newest transaction id stored with an event.
         newest_stored: u64,

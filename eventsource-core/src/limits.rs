@@ -81,6 +81,26 @@ impl Limits {
                     event_id: event.event_id,
                 });
             }
+            let metadata = &event.metadata;
+            let nul_in = if event.event_type.contains('\0') {
+                Some("type name")
+            } else if metadata.actor.as_deref().is_some_and(|a| a.contains('\0')) {
+                Some("actor")
+            } else if metadata
+                .headers
+                .iter()
+                .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+            {
+                Some("header")
+            } else {
+                None
+            };
+            if let Some(field) = nul_in {
+                return Err(ValidationError::NulInEventText {
+                    event_type: event.event_type.clone(),
+                    field,
+                });
+            }
             if contains_nul(&event.payload) {
                 return Err(ValidationError::NulInPayload {
                     event_type: event.event_type.clone(),

@@ -220,7 +220,7 @@ impl FeedReader for InMemoryStore {
         }
         let state = self.state();
         let start = state.events.partition_point(|e| e.position <= after);
-        let window = &state.events[start..state.events.len().min(start + limit)];
+        let window = &state.events[start..state.events.len().min(start.saturating_add(limit))];
         Ok(FeedBatch {
             events: window
                 .iter()

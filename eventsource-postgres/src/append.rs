@@ -12,7 +12,8 @@ use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use crate::error::{
-    backend, sqlstate, unique_violation, EVENT_ID_KEY, NUMERIC_OUT_OF_RANGE, STREAM_VERSION_KEY,
+    backend, sqlstate, unique_violation, EVENT_ID_KEY, NUMERIC_OUT_OF_RANGE, SERIALIZATION_FAILURE,
+    STREAM_VERSION_KEY,
 };
 use crate::row::{column, stored_feed_position, stream_version, Xid8};
 use crate::store::PostgresStore;
@@ -21,8 +22,9 @@ const APPEND: &str = include_str!("sql/append.sql");
 const STORED_EVENT_IDS: &str = include_str!("sql/stored_event_ids.sql");
 const STREAM_VERSION: &str = include_str!("sql/stream_version.sql");
 
-/// How an autocommit append retries after losing a race for its versions (`ExpectedVersion::Any`)
-/// or finding its event ids held by a transaction that then rolled back.
+/// How an autocommit append retries after losing a race for its versions while its expectation
+/// accepts more than one version (`Any`, `StreamExists`), or after finding its event ids held by
+/// a transaction that then rolled back.
 ///
 /// Losers of one race retry together and only one of them can win each round, so a burst of `k`
 /// writers on one stream costs the last of them `k - 1` lost rounds; the jittered backoff spreads
@@ -53,8 +55,9 @@ impl EventAppender for PostgresStore {
     /// that complete meanwhile, rather than by the events table's trigger inside the append's
     /// transaction, which would make concurrent appends commit one at a time.
     ///
-    /// An `Any` append that loses the race for its versions to a concurrent writer retries,
-    /// each time as a new transaction, after a jittered backoff (up to 200 attempts).
+    /// An `Any` or `StreamExists` append that loses the race for its versions to a concurrent
+    /// writer retries, each time as a new transaction, after a jittered backoff (up to 200
+    /// attempts). A loser under `serializable` isolation (SQLSTATE 40001) is treated the same.
     async fn append(
         &self,
         stream: &StreamId,
@@ -101,6 +104,9 @@ impl PostgresStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         let encoded = self.limits.check_append(stream, expected, &events)?;
+        // After a restore into another cluster, new events would sort before old ones in the
+        // feed (and a repair would then hide them behind saved positions): refuse to write.
+        self.check_transaction_ids().await?;
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         // check_append bounded schema versions by i32::MAX.
@@ -160,20 +166,14 @@ impl PostgresStore {
             };
             // In the caller's transaction, any error has aborted it: no retry there.
             let can_retry = transaction.is_none() && lost_races + 1 < RACE_RETRY.max_attempts;
+            let lost_versions = unique_violation(&error) == Some(STREAM_VERSION_KEY)
+                || sqlstate(&error).as_deref() == Some(SERIALIZATION_FAILURE);
             match unique_violation(&error) {
-                Some(EVENT_ID_KEY) => {
-                    if let Some(replay) = self.replay(stream, &events).await? {
-                        return Ok(replay);
-                    }
-                    if can_retry {
-                        // The stored copy was rolled back meanwhile: try again.
-                        lost_races += 1;
-                        continue;
-                    }
-                }
-                Some(STREAM_VERSION_KEY) => {
+                _ if lost_versions => {
                     // A concurrent writer committed the versions this statement computed.
-                    if expected == ExpectedVersion::Any && can_retry {
+                    // Expectations that accept more than one version (`Any`, `StreamExists`)
+                    // may still hold at the new version: try again.
+                    if low != high && can_retry {
                         lost_races += 1;
                         tokio::time::sleep(RACE_RETRY.delay_after(lost_races)).await;
                         continue;
@@ -187,6 +187,16 @@ impl PostgresStore {
                         actual: self.current_version(stream).await?,
                     }
                     .into());
+                }
+                Some(EVENT_ID_KEY) => {
+                    if let Some(replay) = self.replay(stream, &events).await? {
+                        return Ok(replay);
+                    }
+                    if can_retry {
+                        // The stored copy was rolled back meanwhile: try again.
+                        lost_races += 1;
+                        continue;
+                    }
                 }
                 _ => {}
             }

@@ -4,6 +4,9 @@ use eventsource_core::StoreError;
 
 /// SQLSTATE of a unique violation.
 const UNIQUE_VIOLATION: &str = "23505";
+/// SQLSTATE of a serialization failure: under `serializable` isolation, how a writer that
+/// lost the race for a stream's versions may fail instead of with a unique violation.
+pub(crate) const SERIALIZATION_FAILURE: &str = "40001";
 /// SQLSTATE of a numeric value out of range (a version past `bigint`).
 pub(crate) const NUMERIC_OUT_OF_RANGE: &str = "22003";
 

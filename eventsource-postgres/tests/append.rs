@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use eventsource_core::{
-    EventAppender, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StreamId, StreamReader,
-    StreamVersion,
+    EventAppender, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamId,
+    StreamReader, StreamVersion,
 };
 use eventsource_postgres::testing::TestDatabase;
 use eventsource_postgres::PostgresStore;
@@ -70,15 +70,7 @@ async fn any_appends_that_keep_losing_races_all_land() {
         }));
     }
     // Every queued append blocks on the held transaction's version 1.
-    let mut waited = 0;
-    while lock_waiters(&pool).await < QUEUED as i64 {
-        waited += 1;
-        assert!(
-            waited < 6000,
-            "the appends queue behind the held transaction"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_lock_waiters(&pool, QUEUED as i64).await;
     holder.commit().await.expect("commit the held transaction");
 
     let mut versions = Vec::new();
@@ -103,6 +95,118 @@ async fn any_appends_that_keep_losing_races_all_land() {
     assert_eq!(stored_versions, (1..=QUEUED as u64 + 1).collect::<Vec<_>>());
     let stored_ids: HashSet<Uuid> = stored.iter().map(|e| e.event_id).collect();
     assert_eq!(stored_ids, expected_ids.into_iter().collect::<HashSet<_>>());
+}
+
+/// Waits until `count` backends of this database wait for a lock.
+async fn wait_for_lock_waiters(pool: &PgPool, count: i64) {
+    let mut waited = 0;
+    while lock_waiters(pool).await < count {
+        waited += 1;
+        assert!(
+            waited < 6000,
+            "{count} statements queue behind the held transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A `StreamExists` append that loses the race for its version still holds at the new one:
+/// it retries instead of reporting a conflict its expectation accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_exists_appends_retry_a_lost_race() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("migrated store");
+    let target = stream("exists");
+    store
+        .append(&target, ExpectedVersion::NoStream, vec![event(1)])
+        .await
+        .expect("first event");
+
+    let mut holder = store.pool().begin().await.expect("begin");
+    store
+        .append_in(&mut holder, &target, ExpectedVersion::Any, vec![event(2)])
+        .await
+        .expect("append in the held transaction");
+    let queued = tokio::spawn({
+        let (store, target) = (store.clone(), target.clone());
+        async move {
+            store
+                .append(&target, ExpectedVersion::StreamExists, vec![event(3)])
+                .await
+        }
+    });
+    wait_for_lock_waiters(store.pool(), 1).await;
+    holder.commit().await.expect("commit");
+    let appended = queued
+        .await
+        .expect("append task")
+        .expect("the stream exists at version 2 as well");
+    assert_eq!(appended.stream_version.get(), 3);
+}
+
+/// Under `serializable` isolation a writer that loses the race for a stream's versions may fail
+/// with a serialization failure instead of a unique violation: it is still a typed conflict for
+/// an exact expectation, and still retried for `Any`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serializable_losers_get_typed_conflicts() {
+    let db = TestDatabase::create().await.expect("test database");
+    db.store().await.expect("migrated store");
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_isolation = 'serializable'",
+        db.name()
+    ))
+    .execute(&db.pool(1).await.expect("pool"))
+    .await
+    .expect("make serializable the default");
+    let store = PostgresStore::new(db.pool(6).await.expect("serializable pool"));
+    let isolation: String = sqlx::query_scalar("SHOW transaction_isolation")
+        .fetch_one(store.pool())
+        .await
+        .expect("isolation");
+    assert_eq!(isolation, "serializable");
+    let target = stream("serial");
+
+    let mut holder = store.pool().begin().await.expect("begin");
+    store
+        .append_in(
+            &mut holder,
+            &target,
+            ExpectedVersion::NoStream,
+            vec![event(1)],
+        )
+        .await
+        .expect("append in the held transaction");
+    let exact = tokio::spawn({
+        let (store, target) = (store.clone(), target.clone());
+        async move {
+            store
+                .append(&target, ExpectedVersion::NoStream, vec![event(2)])
+                .await
+        }
+    });
+    let any = tokio::spawn({
+        let (store, target) = (store.clone(), target.clone());
+        async move {
+            store
+                .append(&target, ExpectedVersion::Any, vec![event(3)])
+                .await
+        }
+    });
+    wait_for_lock_waiters(store.pool(), 2).await;
+    holder.commit().await.expect("commit");
+
+    match exact.await.expect("append task") {
+        Err(StoreError::Conflict(conflict)) => {
+            assert_eq!(conflict.expected, ExpectedVersion::NoStream);
+            assert!(conflict.actual.get() >= 1, "{conflict}");
+        }
+        other => panic!("the loser gets a typed conflict, got {other:?}"),
+    }
+    let appended = any
+        .await
+        .expect("append task")
+        .expect("an Any append retries its lost race");
+    assert_eq!(appended.stream_version.get(), 2);
 }
 
 /// The SQLSTATE of a failed statement.

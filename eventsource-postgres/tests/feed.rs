@@ -601,6 +601,19 @@ async fn restored_database_is_refused_then_repaired() {
         refused.to_string().contains("repair_restored_feed"),
         "the error names the repair"
     );
+    // Writers are refused too: their events would sort before the old ones, and the repair
+    // would then place them behind the saved positions.
+    let refused_append = restored
+        .append(&stream("r"), ExpectedVersion::Any, vec![event(99)])
+        .await
+        .expect_err("appends are refused");
+    assert!(
+        matches!(
+            refused_append,
+            StoreError::TransactionIdsWentBackwards { .. }
+        ),
+        "{refused_append}"
+    );
     let mut refused_subscription = restored.subscribe(FeedPosition::START, fast_options());
     let first = refused_subscription.next().await.expect("an item");
     assert!(matches!(

@@ -488,6 +488,21 @@ pub async fn bounded_reads<F: StoreFactory>(factory: &F) -> Result<(), Violation
         (1..=20).map(Some).collect::<Vec<_>>(),
         "feed in append order"
     );
+    // Any positive limit is accepted, however large, from any position.
+    let first = store
+        .read_feed_batch(FeedPosition::START, 1, &FeedFilter::all())
+        .await
+        .or_violation("the first event of the feed")?
+        .next;
+    let rest = store
+        .read_feed_batch(first, usize::MAX, &FeedFilter::all())
+        .await
+        .or_violation("a feed batch with the largest limit")?;
+    ensure_eq!(
+        rest.events.len(),
+        19,
+        "the largest limit reads every event after the first"
+    );
     let result = store
         .read_feed_batch(FeedPosition::START, 0, &FeedFilter::all())
         .await;
@@ -731,6 +746,37 @@ pub async fn bad_input_refused<F: StoreFactory>(factory: &F) -> Result<(), Viola
             Err(StoreError::Invalid(ValidationError::NulInPayload { .. }))
         ),
         "NUL in payload is refused with NulInPayload, got {result:?}"
+    );
+    let mut nul_header = event("E", 1);
+    nul_header
+        .metadata
+        .headers
+        .insert("tenant".into(), "a\u{0}b".into());
+    let result = store
+        .append(&a, ExpectedVersion::Any, vec![nul_header])
+        .await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(ValidationError::NulInEventText {
+                field: "header",
+                ..
+            }))
+        ),
+        "NUL in a header is refused with NulInEventText, got {result:?}"
+    );
+    let result = store
+        .append(&a, ExpectedVersion::Any, vec![event("E\u{0}", 1)])
+        .await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(ValidationError::NulInEventText {
+                field: "type name",
+                ..
+            }))
+        ),
+        "NUL in a type name is refused with NulInEventText, got {result:?}"
     );
 
     // A command addressed to a stream of another category.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_core::WakeSignal;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::sync::watch;
 
@@ -73,7 +73,12 @@ async fn listen_until_lost(
     wake: &watch::Sender<u64>,
     stats: &ListenerStats,
 ) -> Result<(), sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
+    // A pool of its own: the listening connection never returns, and must not take one of the
+    // store's connections for good.
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let mut listener = PgListener::connect_with(&own).await?;
     listener.listen(CHANNEL).await?;
     stats.connections.fetch_add(1, Ordering::Relaxed);
     wake.send_modify(|n| *n = n.wrapping_add(1));

@@ -529,6 +529,22 @@ async fn subscriptions_share_one_listener() {
     assert_eq!(store.listener_stats().connections(), 1);
 }
 
+/// The listening connection does not take one of the store's connections: a store over a
+/// one-connection pool still appends and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_leaves_the_pool_alone() {
+    let db = TestDatabase::create().await.expect("test database");
+    db.store().await.expect("migrated store");
+    let store = PostgresStore::new(db.pool(1).await.expect("one-connection pool"));
+    let mut subscription = store.subscribe(FeedPosition::START, fast_options());
+    wait_for_listener(&store, 1).await;
+    store
+        .append(&stream("one"), ExpectedVersion::Any, vec![event(1)])
+        .await
+        .expect("append with the listener connected");
+    assert_eq!(next_event(&mut subscription).await.payload["n"], 1);
+}
+
 /// Without notifications, polling alone delivers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polling_alone_delivers() {

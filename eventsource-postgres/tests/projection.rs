@@ -659,3 +659,46 @@ async fn lag_is_observable() {
     assert_eq!(after.events_behind, 0);
     assert_eq!(after.time_behind, None);
 }
+
+/// Errors that retrying cannot clear stop the runner instead of sending it back to standby
+/// forever: a zero batch size, and a store that was closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_stops_on_errors_that_cannot_clear() {
+    let (_db, store) = fresh().await;
+    let zero = ProjectionRunner::new(store.clone(), Tally::default()).with_options(RunnerOptions {
+        batch_size: 0,
+        ..quick_options(1)
+    });
+    let refused = zero
+        .run(CancellationToken::new())
+        .await
+        .expect_err("a zero batch size is refused");
+    assert!(
+        matches!(refused, ProjectionError::Invalid { .. }),
+        "{refused}"
+    );
+
+    append_many(&store, 2, 10, 0).await;
+    let runner = Arc::new(
+        ProjectionRunner::new(store.clone(), Tally::default()).with_options(quick_options(5)),
+    );
+    let task = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.run(CancellationToken::new()).await }
+    });
+    let mut status = runner.status();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.state == RunnerState::Live),
+    )
+    .await
+    .expect("the runner goes live")
+    .expect("status");
+    store.close().await;
+    let stopped = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the runner stops once its store is closed")
+        .expect("runner task");
+    assert!(stopped.is_err(), "it reports why: {stopped:?}");
+    assert_eq!(runner.status().borrow().state, RunnerState::Failed);
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventsource_core::{FeedBatch, FeedPosition, FeedReader, RecordedEvent, Subscribe};
+use eventsource_core::{FeedBatch, FeedPosition, FeedReader, RecordedEvent, StoreError, Subscribe};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -188,6 +188,12 @@ impl<P: Projection> ProjectionRunner<P> {
         for table in self.projection.tables() {
             check_identifier(name, "table", table)?;
         }
+        if self.options.batch_size == 0 {
+            return Err(ProjectionError::Invalid {
+                projection: name.to_owned(),
+                problem: "RunnerOptions::batch_size is 0; use at least 1".into(),
+            });
+        }
         let options = (*self.store.pool().connect_options()).clone();
         loop {
             if shutdown.is_cancelled() {
@@ -214,7 +220,7 @@ impl<P: Projection> ProjectionRunner<P> {
                     });
                     return Ok(());
                 }
-                Some(Err(error)) if is_terminal(&error) => {
+                Some(Err(error)) if is_terminal(&error) || self.store.pool().is_closed() => {
                     self.set_state(RunnerState::Failed);
                     tracing::error!(projection = name, %error, "runner stopped");
                     return Err(error);
@@ -270,8 +276,14 @@ impl<P: Projection> ProjectionRunner<P> {
             if stop_at.is_some_and(|target| position >= target) {
                 return Ok(());
             }
+            // Without a signal source (a store without notifications), only polling wakes.
+            let woken = async {
+                if wake.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
-                _ = wake.changed() => {}
+                () = woken => {}
                 () = tokio::time::sleep(self.options.poll_interval) => {}
                 () = shutdown.cancelled() => {}
             }
@@ -470,12 +482,19 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 }
 
-/// Errors that stop a runner for good (the others send it back to standby).
+/// Errors that stop a runner for good, because retrying cannot clear them (the others, such as
+/// a lost connection, send it back to standby).
 fn is_terminal(error: &ProjectionError) -> bool {
     matches!(
         error,
         ProjectionError::HandlerFailed(_)
             | ProjectionError::SetupFailed { .. }
             | ProjectionError::Invalid { .. }
+            | ProjectionError::Store(
+                StoreError::Invalid(_)
+                    | StoreError::Decode { .. }
+                    | StoreError::Corrupt { .. }
+                    | StoreError::TransactionIdsWentBackwards { .. }
+            )
     )
 }

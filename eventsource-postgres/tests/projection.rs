@@ -702,3 +702,69 @@ async fn runner_stops_on_errors_that_cannot_clear() {
     assert!(stopped.is_err(), "it reports why: {stopped:?}");
     assert_eq!(runner.status().borrow().state, RunnerState::Failed);
 }
+
+/// A rebuild after a fix applies the parked events itself: they are settled, and replaying one
+/// afterwards cannot apply it twice. A rebuild batch that fails names the batch, not a guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebuild_settles_the_dead_letters_it_applied() {
+    let (_db, store) = fresh().await;
+    let stream = StreamId::new("tally", "p").expect("id");
+    store
+        .append(&stream, ExpectedVersion::NoStream, poisoned_events())
+        .await
+        .expect("append");
+    let projection = Arc::new(Tally::default());
+    let mut options = quick_options(10);
+    options.failure.on_failure = OnFailure::DeadLetter;
+    let runner =
+        ProjectionRunner::with_shared(store.clone(), projection.clone()).with_options(options);
+    runner
+        .run_until_caught_up()
+        .await
+        .expect("the runner goes on");
+    let parked = dead_letters::list(&store, "tally").await.expect("list");
+    assert_eq!(parked.len(), 1);
+
+    let rebuild_options = RebuildOptions {
+        batch_size: 10,
+        lock_retry: Duration::from_millis(50),
+        ..RebuildOptions::default()
+    };
+    let failed = rebuild(&store, projection.as_ref(), rebuild_options.clone(), |_| {})
+        .await
+        .expect_err("the poison still fails the rebuild");
+    match &failed {
+        ProjectionError::RebuildBatchFailed { events, error, .. } => {
+            assert_eq!(*events, 10, "{failed}");
+            assert!(error.contains("cannot digest"), "{failed}");
+        }
+        other => panic!("a failed rebuild batch, got {other:?}"),
+    }
+
+    projection.poison_fixed.store(true, Ordering::SeqCst);
+    rebuild(&store, projection.as_ref(), rebuild_options, |_| {})
+        .await
+        .expect("the rebuild resumes after the fix");
+    assert_eq!(
+        model(&store).await,
+        expected(&store, false).await,
+        "the rebuilt model has the once-parked event"
+    );
+    assert!(
+        dead_letters::list(&store, "tally")
+            .await
+            .expect("list")
+            .is_empty(),
+        "the rebuild settled the dead letter"
+    );
+    let replayed = dead_letters::replay(&store, projection.as_ref(), parked[0].id).await;
+    assert!(
+        matches!(replayed, Err(ProjectionError::Invalid { .. })),
+        "{replayed:?}"
+    );
+    assert_eq!(
+        model(&store).await,
+        expected(&store, false).await,
+        "not applied twice"
+    );
+}

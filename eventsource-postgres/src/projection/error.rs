@@ -9,6 +9,21 @@ pub enum ProjectionError {
     /// before this event.
     #[error("projection `{}` stopped at event {} (version {} of {}, feed position {}) after {} attempts: {}; fix the handler or the data and start the runner again, or use OnFailure::DeadLetter to park such events", .0.projection, .0.event_type, .0.version, .0.stream, .0.position, .0.attempts, .0.error)]
     HandlerFailed(Box<FailedEvent>),
+    /// The handler failed on a batch of a rebuild. The rebuild's own checkpoint stays before
+    /// the batch, and the live model is untouched.
+    #[error("rebuild of projection `{projection}` failed in the batch of {events} events from feed position {first} to {last}: {error}; fix the handler or the data and call rebuild again: it resumes with this batch")]
+    RebuildBatchFailed {
+        /// The projection.
+        projection: String,
+        /// The first event of the batch.
+        first: FeedPosition,
+        /// The last event of the batch.
+        last: FeedPosition,
+        /// Events in the batch.
+        events: usize,
+        /// The handler's error.
+        error: String,
+    },
     /// Setting up the read model's tables failed.
     #[error("projection `{projection}` could not set up its tables: {error}")]
     SetupFailed {

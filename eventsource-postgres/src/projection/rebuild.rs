@@ -12,7 +12,11 @@
 //! projection stand by (a live runner that is active when the rebuild starts keeps the lock:
 //! the rebuild waits for it; stop it first). When the rebuild ends they take over from the
 //! rebuilt checkpoint. An interrupted rebuild resumes from its own checkpoint on the next call,
-//! unless [`RebuildOptions::fresh`] is set.
+//! unless [`RebuildOptions::fresh`] is set; so does one whose handler failed
+//! ([`ProjectionError::RebuildBatchFailed`]), once the handler is fixed.
+//!
+//! A rebuild applies every event the projection wants, including those a live runner parked as
+//! dead letters: the swap marks those as settled, so a later replay cannot apply them twice.
 
 use std::time::Duration;
 
@@ -22,9 +26,11 @@ use sqlx::{Connection, PgConnection, Row};
 use super::error::ProjectionError;
 use super::scope::{check_identifier, quoted, set_search_path};
 use super::{checkpoint, lock, Projection};
+use crate::row::Xid8;
 use crate::store::PostgresStore;
 
 const COUNT_EVENTS: &str = include_str!("sql/count_events.sql");
+const SETTLE_DEAD_LETTERS: &str = include_str!("sql/settle_dead_letters.sql");
 
 /// How a rebuild runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,14 +149,15 @@ async fn replay_and_swap<P: Projection>(
         if batch.next != position {
             let mut tx = conn.begin().await.map_err(db("begin a rebuild batch"))?;
             checkpoint::lock_in_schema(&mut tx, name, &rebuild_checkpoint, &shadow).await?;
-            if !batch.events.is_empty() {
+            if let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) {
                 if let Err(error) = projection.handle(&mut tx, &batch.events).await {
-                    return Err(ProjectionError::handler_failed(
-                        name,
-                        &batch.events[0],
-                        1,
-                        format!("{error} (in the rebuild batch starting here)"),
-                    ));
+                    return Err(ProjectionError::RebuildBatchFailed {
+                        projection: name.to_owned(),
+                        first: first.position,
+                        last: last.position,
+                        events: batch.events.len(),
+                        error: error.to_string(),
+                    });
                 }
             }
             checkpoint::write(&mut tx, name, &rebuild_checkpoint, batch.next).await?;
@@ -166,8 +173,11 @@ async fn replay_and_swap<P: Projection>(
     }
 
     // Swap: the live tables go, the rebuilt ones move in, with the checkpoint, atomically.
+    // The live checkpoint row is locked first, as a dead-letter replay does before it writes
+    // the live tables, so the two cannot deadlock.
     let live = projection.schema();
     let mut tx = conn.begin().await.map_err(db("begin the swap"))?;
+    checkpoint::read_for_update(&mut tx, name, name).await?;
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", quoted(live)))
         .execute(&mut *tx)
         .await
@@ -200,6 +210,15 @@ async fn replay_and_swap<P: Projection>(
         ))?;
     }
     checkpoint::write(&mut tx, name, name, position).await?;
+    // The rebuilt model applied every event up to `position`, parked ones included (a rebuild
+    // stops on a failing event): replaying them would apply them twice.
+    sqlx::query(SETTLE_DEAD_LETTERS)
+        .bind(name)
+        .bind(Xid8(position.transaction_id))
+        .bind(i64::try_from(position.global_position.get()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("settle the dead letters the rebuild applied"))?;
     sqlx::query("DELETE FROM eventsource.checkpoints WHERE name = $1")
         .bind(&rebuild_checkpoint)
         .execute(&mut *tx)

@@ -15,6 +15,7 @@ use crate::error::{
     backend, sqlstate, unique_violation, EVENT_ID_KEY, NUMERIC_OUT_OF_RANGE, SERIALIZATION_FAILURE,
     STREAM_VERSION_KEY,
 };
+use crate::notifier::NotifyWhenDone;
 use crate::row::{column, stored_feed_position, stream_version, Xid8};
 use crate::store::PostgresStore;
 
@@ -64,10 +65,13 @@ impl EventAppender for PostgresStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        let appended = self.append_via(None, stream, expected, events).await?;
-        // Committed: announce it (the statement told the trigger not to, see append.sql).
-        self.shared.notifier.appended(&self.pool);
-        Ok(appended)
+        // The statement tells the trigger not to notify (see append.sql); this announces the
+        // append once it is over, however it ends.
+        let _announce = NotifyWhenDone {
+            notifier: &self.shared.notifier,
+            pool: &self.pool,
+        };
+        self.append_via(None, stream, expected, events).await
     }
 }
 

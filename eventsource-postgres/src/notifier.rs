@@ -35,16 +35,39 @@ impl Notifier {
     /// request is the one waiting), so no committed append goes unannounced unless the
     /// notification fails, which subscriptions survive by polling.
     pub(crate) fn appended(&self, pool: &PgPool) {
-        let requests = self.requests.get_or_init(|| start(pool.clone()));
+        let requests = match self.requests.get() {
+            Some(requests) => requests,
+            None => {
+                // Outside a runtime (an append future dropped there) nothing can be sent:
+                // subscribers find the events by polling.
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                self.requests.get_or_init(|| start(&runtime, pool.clone()))
+            }
+        };
         // Full: a request is waiting already. Closed: the task ended with the pool.
         let _ = requests.try_send(());
     }
 }
 
+/// Asks the store's notifier for a notification when dropped: when the append returned, and
+/// also when its future is dropped part-way (its statement may have committed by then).
+pub(crate) struct NotifyWhenDone<'a> {
+    pub(crate) notifier: &'a Notifier,
+    pub(crate) pool: &'a PgPool,
+}
+
+impl Drop for NotifyWhenDone<'_> {
+    fn drop(&mut self) {
+        self.notifier.appended(self.pool);
+    }
+}
+
 /// Starts the sending task; it ends when the store (every sender) is gone or its pool closed.
-fn start(pool: PgPool) -> mpsc::Sender<()> {
+fn start(runtime: &tokio::runtime::Handle, pool: PgPool) -> mpsc::Sender<()> {
     let (requests, mut received) = mpsc::channel(1);
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         while received.recv().await.is_some() {
             let sent = sqlx::query("SELECT pg_notify($1, $2)")
                 .bind(CHANNEL)

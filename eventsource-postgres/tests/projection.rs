@@ -386,6 +386,27 @@ fn poisoned_events() -> Vec<NewEvent> {
         .collect()
 }
 
+/// Appends the poisoned events to `stream` and runs a dead-lettering runner over them: the
+/// poison is parked, the rest applied. Returns the projection (the poison still unfixed).
+async fn park_the_poison(store: &PostgresStore, stream: &StreamId) -> Arc<Tally> {
+    store
+        .append(stream, ExpectedVersion::NoStream, poisoned_events())
+        .await
+        .expect("append");
+    let projection = Arc::new(Tally::default());
+    let mut options = quick_options(10);
+    options.failure.max_attempts = 2;
+    options.failure.on_failure = OnFailure::DeadLetter;
+    let runner =
+        ProjectionRunner::with_shared(store.clone(), projection.clone()).with_options(options);
+    runner
+        .run_until_caught_up()
+        .await
+        .expect("the runner goes on");
+    assert_eq!(runner.status().borrow().dead_lettered, 1);
+    projection
+}
+
 /// A poison event: with the stop policy the runner stops before it and names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_event_stops_the_runner_before_it() {
@@ -429,21 +450,7 @@ async fn poison_event_stops_the_runner_before_it() {
 async fn poison_event_is_parked_and_replayed_once() {
     let (_db, store) = fresh().await;
     let stream = StreamId::new("tally", "p").expect("id");
-    store
-        .append(&stream, ExpectedVersion::NoStream, poisoned_events())
-        .await
-        .expect("append");
-    let projection = Arc::new(Tally::default());
-    let mut options = quick_options(10);
-    options.failure.max_attempts = 2;
-    options.failure.on_failure = OnFailure::DeadLetter;
-    let runner =
-        ProjectionRunner::with_shared(store.clone(), projection.clone()).with_options(options);
-    runner
-        .run_until_caught_up()
-        .await
-        .expect("the runner goes on");
-    assert_eq!(runner.status().borrow().dead_lettered, 1);
+    let projection = park_the_poison(&store, &stream).await;
     assert_eq!(
         model(&store).await,
         expected(&store, true).await,
@@ -709,19 +716,7 @@ async fn runner_stops_on_errors_that_cannot_clear() {
 async fn rebuild_settles_the_dead_letters_it_applied() {
     let (_db, store) = fresh().await;
     let stream = StreamId::new("tally", "p").expect("id");
-    store
-        .append(&stream, ExpectedVersion::NoStream, poisoned_events())
-        .await
-        .expect("append");
-    let projection = Arc::new(Tally::default());
-    let mut options = quick_options(10);
-    options.failure.on_failure = OnFailure::DeadLetter;
-    let runner =
-        ProjectionRunner::with_shared(store.clone(), projection.clone()).with_options(options);
-    runner
-        .run_until_caught_up()
-        .await
-        .expect("the runner goes on");
+    let projection = park_the_poison(&store, &stream).await;
     let parked = dead_letters::list(&store, "tally").await.expect("list");
     assert_eq!(parked.len(), 1);
 

@@ -1057,6 +1057,30 @@ pub async fn snapshots_keep_the_latest<F: StoreFactory>(factory: &F) -> Result<(
     Ok(())
 }
 
+/// Runs `times` commands adding 1 on the counter `id`.
+async fn increment<S: EventStore>(
+    repository: &Repository<Counter, S>,
+    id: &StreamId,
+    times: usize,
+) -> Result<(), Violation> {
+    for _ in 0..times {
+        repository
+            .execute(id, Increment(1), &CommandContext::new())
+            .await
+            .or_violation("increment")?;
+    }
+    Ok(())
+}
+
+/// The snapshot kept for `id`, which must exist.
+async fn kept_snapshot<S: SnapshotStore>(store: &S, id: &StreamId) -> Result<Snapshot, Violation> {
+    store
+        .load_snapshot(id)
+        .await
+        .or_violation("load the snapshot")?
+        .or_violation("a snapshot was taken")
+}
+
 /// A repository with snapshots saves one each time a stream passes a multiple of the policy's
 /// interval and loads from it plus the events after it; snapshots of another state shape, or
 /// that do not decode, are ignored.
@@ -1068,17 +1092,8 @@ pub async fn repository_loads_snapshot_and_tail<F: StoreFactory>(
     let repository =
         Repository::<Counter, _>::new(store.clone()).with_snapshots(store.clone(), policy);
     let id = Counter::stream_id("snapped").or_violation("id")?;
-    for _ in 0..25 {
-        repository
-            .execute(&id, Increment(1), &CommandContext::new())
-            .await
-            .or_violation("increment")?;
-    }
-    let kept = store
-        .load_snapshot(&id)
-        .await
-        .or_violation("load the snapshot")?
-        .or_violation("a snapshot was taken")?;
+    increment(&repository, &id, 25).await?;
+    let kept = kept_snapshot(&store, &id).await?;
     ensure_eq!(
         kept.version,
         version(20)?,
@@ -1136,17 +1151,8 @@ pub async fn repository_loads_snapshot_and_tail<F: StoreFactory>(
     );
 
     // Commands keep working on top of a snapshot and take the next one when due.
-    for _ in 0..5 {
-        reshaped
-            .execute(&id, Increment(1), &CommandContext::new())
-            .await
-            .or_violation("increment")?;
-    }
-    let kept = store
-        .load_snapshot(&id)
-        .await
-        .or_violation("load the snapshot")?
-        .or_violation("a snapshot was taken")?;
+    increment(&reshaped, &id, 5).await?;
+    let kept = kept_snapshot(&store, &id).await?;
     ensure_eq!(
         (kept.version, kept.state_version, kept.state),
         (version(30)?, 2, json!({ "value": 30, "events": 30 })),

@@ -763,3 +763,84 @@ async fn rebuild_settles_the_dead_letters_it_applied() {
         "not applied twice"
     );
 }
+
+/// A rebuild runs beside a live runner that keeps going: no stop, no handover. After the swap
+/// the runner continues on the rebuilt tables from the rebuilt checkpoint, and the model
+/// equals a from-scratch build once writers stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuild_beside_a_live_runner() {
+    let (_db, store) = fresh().await;
+    append_many(&store, 25, 500, 0).await;
+    let runner = Arc::new(
+        ProjectionRunner::new(store.clone(), Tally::default()).with_options(quick_options(50)),
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (runner, shutdown) = (runner.clone(), shutdown.clone());
+        async move { runner.run(shutdown).await }
+    });
+    let head = store.head_position().await.expect("head").expect("events");
+    let mut status = runner.status();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.state == RunnerState::Live && s.position >= head),
+    )
+    .await
+    .expect("the runner catches up")
+    .expect("status");
+    // Corrupt the live model on purpose: only the rebuild can repair it.
+    sqlx::query("UPDATE tally SET total = -1 WHERE stream = 's0'")
+        .execute(store.pool())
+        .await
+        .expect("corrupt");
+
+    let writing = CancellationToken::new();
+    let writer = tokio::spawn({
+        let (store, writing) = (store.clone(), writing.clone());
+        async move {
+            let mut n = 500;
+            while !writing.is_cancelled() {
+                append_many(&store, 25, 10, n).await;
+                n += 10;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    let options = RebuildOptions {
+        batch_size: 50,
+        lock_retry: Duration::from_millis(50),
+        ..RebuildOptions::default()
+    };
+    let fresh_model = Tally::default();
+    tokio::time::timeout(
+        Duration::from_secs(600),
+        rebuild(&store, &fresh_model, options, |_| {}),
+    )
+    .await
+    .expect("the rebuild does not wait for the live runner")
+    .expect("rebuild");
+    writing.cancel();
+    writer.await.expect("writer");
+
+    let head = store.head_position().await.expect("head").expect("events");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.position >= head),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the runner follows the new events: {:?}, head {head}",
+            *runner.status().borrow()
+        )
+    })
+    .expect("status");
+    assert_eq!(model(&store).await, expected(&store, false).await);
+    assert_eq!(
+        runner.status().borrow().activations,
+        1,
+        "the runner stayed active throughout"
+    );
+    shutdown.cancel();
+    running.await.expect("runner task").expect("clean stop");
+}

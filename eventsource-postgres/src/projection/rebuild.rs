@@ -8,10 +8,10 @@
 //! new tables. Views or foreign keys that depend on the live tables make the swap fail: drop
 //! and recreate them around a rebuild.
 //!
-//! While it runs, the rebuild holds the projection's runner lock, so live runners of the
-//! projection stand by (a live runner that is active when the rebuild starts keeps the lock:
-//! the rebuild waits for it; stop it first). When the rebuild ends they take over from the
-//! rebuilt checkpoint. An interrupted rebuild resumes from its own checkpoint on the next call,
+//! A rebuild runs beside the projection's live runner, which keeps the live model current
+//! meanwhile (one rebuild of a projection runs at a time). The swap locks the live checkpoint
+//! first, so it waits for the runner's batch in hand; the runner's next batch finds the
+//! checkpoint moved and continues from the rebuilt one, on the rebuilt tables. An interrupted rebuild resumes from its own checkpoint on the next call,
 //! unless [`RebuildOptions::fresh`] is set; so does one whose handler failed
 //! ([`ProjectionError::RebuildBatchFailed`]), once the handler is fixed.
 //!
@@ -24,8 +24,9 @@ use eventsource_core::{FeedFilter, FeedPosition, FeedReader};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::error::ProjectionError;
+use super::lock::{self, Role};
 use super::scope::{check_identifier, quoted, set_search_path};
-use super::{checkpoint, lock, Projection};
+use super::{checkpoint, Projection};
 use crate::row::Xid8;
 use crate::store::PostgresStore;
 
@@ -80,12 +81,12 @@ pub async fn rebuild<P: Projection>(
     }
     let connect_options = (*store.pool().connect_options()).clone();
     let mut conn = loop {
-        if let Some(conn) = lock::try_acquire(&connect_options, name).await? {
+        if let Some(conn) = lock::try_acquire(&connect_options, Role::Rebuild, name).await? {
             break conn;
         }
         tracing::info!(
             projection = name,
-            "waiting for the active runner to stop before rebuilding"
+            "waiting for another rebuild of the projection to finish"
         );
         tokio::time::sleep(options.lock_retry).await;
     };
@@ -149,17 +150,7 @@ async fn replay_and_swap<P: Projection>(
         if batch.next != position {
             let mut tx = conn.begin().await.map_err(db("begin a rebuild batch"))?;
             checkpoint::lock_in_schema(&mut tx, name, &rebuild_checkpoint, &shadow).await?;
-            if let (Some(first), Some(last)) = (batch.events.first(), batch.events.last()) {
-                if let Err(error) = projection.handle(&mut tx, &batch.events).await {
-                    return Err(ProjectionError::RebuildBatchFailed {
-                        projection: name.to_owned(),
-                        first: first.position,
-                        last: last.position,
-                        events: batch.events.len(),
-                        error: error.to_string(),
-                    });
-                }
-            }
+            apply(projection, &mut tx, &batch.events).await?;
             checkpoint::write(&mut tx, name, &rebuild_checkpoint, batch.next).await?;
             tx.commit().await.map_err(db("commit a rebuild batch"))?;
             position = batch.next;
@@ -173,11 +164,30 @@ async fn replay_and_swap<P: Projection>(
     }
 
     // Swap: the live tables go, the rebuilt ones move in, with the checkpoint, atomically.
-    // The live checkpoint row is locked first, as a dead-letter replay does before it writes
-    // the live tables, so the two cannot deadlock.
+    // The live checkpoint row is locked first (as a dead-letter replay does before it writes
+    // the live tables, so the two cannot deadlock): that waits for the live runner's batch in
+    // hand and holds its next one back. The events committed since the last batch, which the
+    // live model may already hold, are then applied to the rebuilt model in this transaction,
+    // so the swapped-in model is never behind the one it replaces.
     let live = projection.schema();
     let mut tx = conn.begin().await.map_err(db("begin the swap"))?;
     checkpoint::read_for_update(&mut tx, name, name).await?;
+    set_search_path(name, &mut tx, &shadow).await?;
+    loop {
+        let batch = store
+            .read_feed_batch(position, options.batch_size, &filter)
+            .await?;
+        apply(projection, &mut tx, &batch.events).await?;
+        position = batch.next;
+        done += batch.events.len() as u64;
+        if batch.reached_head {
+            break;
+        }
+    }
+    progress(RebuildProgress {
+        done,
+        total: total.max(done),
+    });
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", quoted(live)))
         .execute(&mut *tx)
         .await
@@ -231,6 +241,27 @@ async fn replay_and_swap<P: Projection>(
     tx.commit().await.map_err(db("commit the swap"))?;
     tracing::info!(projection = name, events = done, "rebuilt and swapped in");
     Ok(position)
+}
+
+/// Applies one batch of the rebuild through the projection's handler.
+async fn apply<P: Projection>(
+    projection: &P,
+    tx: &mut PgConnection,
+    events: &[eventsource_core::RecordedEvent],
+) -> Result<(), ProjectionError> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(());
+    };
+    projection
+        .handle(tx, events)
+        .await
+        .map_err(|error| ProjectionError::RebuildBatchFailed {
+            projection: projection.name().to_owned(),
+            first: first.position,
+            last: last.position,
+            events: events.len(),
+            error: error.to_string(),
+        })
 }
 
 /// Events `filter` wants, up to `upto` (all when `None`).

@@ -11,8 +11,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::error::ProjectionError;
+use super::lock::{self, Role};
 use super::scope::{check_identifier, set_search_path};
-use super::{checkpoint, dead_letters, lock, Projection};
+use super::{checkpoint, dead_letters, Projection};
 use crate::store::PostgresStore;
 
 /// What the runner does when the handler keeps failing on an event.
@@ -200,7 +201,7 @@ impl<P: Projection> ProjectionRunner<P> {
                 self.set_state(RunnerState::Stopped);
                 return Ok(());
             }
-            let outcome = match lock::try_acquire(&options, name).await {
+            let outcome = match lock::try_acquire(&options, Role::Runner, name).await {
                 Ok(Some(mut conn)) => {
                     self.status.send_modify(|s| s.activations += 1);
                     tracing::info!(projection = name, "runner is active");
@@ -261,13 +262,26 @@ impl<P: Projection> ProjectionRunner<P> {
                 .store
                 .read_feed_batch(position, self.options.batch_size, &filter)
                 .await?;
-            if !batch.events.is_empty() {
-                position = self.apply_batch(conn, position, &batch).await?;
+            let moved = if !batch.events.is_empty() {
+                self.apply_batch(conn, position, &batch).await
             } else if batch.next != position {
                 // Only unwanted events: move the checkpoint past them.
-                self.move_checkpoint(conn, position, batch.next).await?;
-                position = batch.next;
-            }
+                self.move_checkpoint(conn, position, batch.next)
+                    .await
+                    .map(|()| batch.next)
+            } else {
+                Ok(position)
+            };
+            position = match moved {
+                Ok(position) => position,
+                // This runner holds the projection's lock, so only a rebuild's swap (or an
+                // operator) moved the checkpoint: the tables now match the new one.
+                Err(ProjectionError::CheckpointMoved { found, .. }) => {
+                    tracing::info!(projection = self.projection.name(), from = %found, "the checkpoint was moved (a rebuild swapped its tables in); continuing from it");
+                    found
+                }
+                Err(error) => return Err(error),
+            };
             self.status.send_modify(|s| s.position = position);
             if !batch.reached_head {
                 continue;

@@ -502,6 +502,32 @@ async fn poison_event_is_parked_and_replayed_once() {
         .is_empty());
 }
 
+/// Appends 10 events at a time from `first` on, until `writing` is cancelled, pausing between
+/// appends to leave a rebuild room to catch up on a loaded machine.
+fn keep_appending(
+    store: &PostgresStore,
+    first: usize,
+    writing: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut n = first;
+        while !writing.is_cancelled() {
+            append_many(&store, 25, 10, n).await;
+            n += 10;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+}
+
+/// Corrupts the live model on purpose: only a rebuild can repair it.
+async fn corrupt_the_model(store: &PostgresStore) {
+    sqlx::query("UPDATE tally SET total = -1 WHERE stream = 's0'")
+        .execute(store.pool())
+        .await
+        .expect("corrupt");
+}
+
 /// A rebuild while writers keep appending: readers never see a half-built model, and after the
 /// rebuild (and the live runner catching up) the model equals a from-scratch build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -511,25 +537,10 @@ async fn rebuild_while_writers_append() {
     let runner =
         ProjectionRunner::new(store.clone(), Tally::default()).with_options(quick_options(100));
     runner.run_until_caught_up().await.expect("live model");
-    // Corrupt the live model on purpose: the rebuild must replace it.
-    sqlx::query("UPDATE tally SET total = -1 WHERE stream = 's0'")
-        .execute(store.pool())
-        .await
-        .expect("corrupt");
+    corrupt_the_model(&store).await;
 
     let writing = CancellationToken::new();
-    let writer = tokio::spawn({
-        let (store, writing) = (store.clone(), writing.clone());
-        async move {
-            let mut n = 1_000;
-            while !writing.is_cancelled() {
-                append_many(&store, 25, 10, n).await;
-                n += 10;
-                // Leave the rebuild room to catch up on a loaded machine.
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    });
+    let writer = keep_appending(&store, 1_000, writing.clone());
     let reading = CancellationToken::new();
     let reader = tokio::spawn({
         let (store, reading) = (store.clone(), reading.clone());
@@ -788,24 +799,10 @@ async fn rebuild_beside_a_live_runner() {
     .await
     .expect("the runner catches up")
     .expect("status");
-    // Corrupt the live model on purpose: only the rebuild can repair it.
-    sqlx::query("UPDATE tally SET total = -1 WHERE stream = 's0'")
-        .execute(store.pool())
-        .await
-        .expect("corrupt");
+    corrupt_the_model(&store).await;
 
     let writing = CancellationToken::new();
-    let writer = tokio::spawn({
-        let (store, writing) = (store.clone(), writing.clone());
-        async move {
-            let mut n = 500;
-            while !writing.is_cancelled() {
-                append_many(&store, 25, 10, n).await;
-                n += 10;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    });
+    let writer = keep_appending(&store, 500, writing.clone());
     let options = RebuildOptions {
         batch_size: 50,
         lock_retry: Duration::from_millis(50),

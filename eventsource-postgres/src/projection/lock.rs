@@ -13,8 +13,9 @@ use sqlx::{ConnectOptions, PgConnection};
 
 use super::error::ProjectionError;
 
-/// The advisory lock key of `$1` (a lock's namespace and the projection's name).
-const LOCK_KEY: &str = "SELECT hashtextextended($1, 0)";
+/// Takes the advisory lock whose key is the hash of `$1` (a lock's namespace and the
+/// projection's name), if it is free.
+const TRY_LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
 
 /// What a projection lock is for.
 #[derive(Debug, Clone, Copy)]
@@ -43,26 +44,33 @@ const KEEPALIVES: [(&str, &str); 3] = [
 ];
 
 /// A dedicated connection; `Some` when it holds the projection's lock for `role`.
+///
+/// `spare` keeps the connection of an attempt that found the lock taken, for the next attempt
+/// (standbys retry on one connection instead of opening one per attempt); a connection that
+/// failed is dropped, and the next attempt connects anew.
 pub(crate) async fn try_acquire(
     options: &PgConnectOptions,
     role: Role,
     projection: &str,
+    spare: &mut Option<PgConnection>,
 ) -> Result<Option<PgConnection>, ProjectionError> {
-    let mut conn = options
-        .clone()
-        .options(KEEPALIVES)
-        .connect()
-        .await
-        .map_err(|e| ProjectionError::database(projection, "connect the runner", e))?;
-    let key: i64 = sqlx::query_scalar(LOCK_KEY)
+    let mut conn = match spare.take() {
+        Some(conn) => conn,
+        None => options
+            .clone()
+            .options(KEEPALIVES)
+            .connect()
+            .await
+            .map_err(|e| ProjectionError::database(projection, "connect the runner", e))?,
+    };
+    let locked: bool = sqlx::query_scalar(TRY_LOCK)
         .bind(format!("{}{projection}", role.namespace()))
         .fetch_one(&mut conn)
         .await
-        .map_err(|e| ProjectionError::database(projection, "compute the lock key", e))?;
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(key)
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|e| ProjectionError::database(projection, "take the runner lock", e))?;
-    Ok(locked.then_some(conn))
+        .map_err(|e| ProjectionError::database(projection, "take the projection's lock", e))?;
+    if locked {
+        return Ok(Some(conn));
+    }
+    *spare = Some(conn);
+    Ok(None)
 }

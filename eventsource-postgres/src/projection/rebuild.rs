@@ -80,8 +80,11 @@ pub async fn rebuild<P: Projection>(
         check_identifier(name, "table", table)?;
     }
     let connect_options = (*store.pool().connect_options()).clone();
+    let mut spare = None;
     let mut conn = loop {
-        if let Some(conn) = lock::try_acquire(&connect_options, Role::Rebuild, name).await? {
+        if let Some(conn) =
+            lock::try_acquire(&connect_options, Role::Rebuild, name, &mut spare).await?
+        {
             break conn;
         }
         tracing::info!(

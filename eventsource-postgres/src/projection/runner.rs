@@ -196,12 +196,16 @@ impl<P: Projection> ProjectionRunner<P> {
             });
         }
         let options = (*self.store.pool().connect_options()).clone();
+        let mut spare: Option<PgConnection> = None;
         loop {
             if shutdown.is_cancelled() {
+                if let Some(conn) = spare.take() {
+                    let _ = conn.close().await;
+                }
                 self.set_state(RunnerState::Stopped);
                 return Ok(());
             }
-            let outcome = match lock::try_acquire(&options, Role::Runner, name).await {
+            let outcome = match lock::try_acquire(&options, Role::Runner, name, &mut spare).await {
                 Ok(Some(mut conn)) => {
                     self.status.send_modify(|s| s.activations += 1);
                     tracing::info!(projection = name, "runner is active");

@@ -1,5 +1,6 @@
 //! End to end through the facade, against PostgreSQL: events stored under a pinned type name
-//! stay readable after the Rust variant is renamed.
+//! stay readable after the Rust variant is renamed, and after their payload changed shape (an
+//! upcaster reads the old versions).
 
 use async_trait::async_trait;
 use eventsource::postgres::testing::TestDatabase;
@@ -115,6 +116,85 @@ async fn renamed_variants_read_events_stored_before_the_rename() {
     assert_eq!(
         v2::AccountEvent::EVENT_TYPES,
         ["AccountOpened", "MoneyDeposited"]
+    );
+    db.drop_database().await.expect("drop");
+}
+
+/// The events after deposits gained a currency (schema version 2); version 1 payloads are
+/// upcast when read.
+mod v3 {
+    use eventsource::DomainEvent;
+    use serde_json::{json, Value};
+
+    fn deposit_v1(_version: u32, payload: Value) -> Result<Value, String> {
+        let cents = payload
+            .get("cents")
+            .cloned()
+            .ok_or("a version 1 deposit has cents")?;
+        Ok(json!({ "cents": cents, "currency": "EUR" }))
+    }
+
+    #[derive(Debug, Clone, PartialEq, DomainEvent)]
+    pub enum AccountEvent {
+        #[event(name = "AccountOpened")]
+        Opened { owner: String },
+        #[event(name = "MoneyDeposited", version = 2, upcast = "deposit_v1")]
+        Deposited { cents: u64, currency: String },
+    }
+}
+
+#[tokio::test]
+async fn upcasters_read_events_stored_in_an_older_shape() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("store");
+    let id = Account::stream_id("acc-2").expect("id");
+    let old_events = [
+        v1::AccountEvent::Opened {
+            owner: "Ada".into(),
+        },
+        v1::AccountEvent::Deposited { cents: 700 },
+    ];
+    let mut events: Vec<NewEvent> = old_events
+        .iter()
+        .map(|e| NewEvent::from_domain(e, EventMetadata::default()).expect("encode"))
+        .collect();
+    let new_deposit = v3::AccountEvent::Deposited {
+        cents: 300,
+        currency: "USD".into(),
+    };
+    events.push(NewEvent::from_domain(&new_deposit, EventMetadata::default()).expect("encode"));
+    store
+        .append(&id, ExpectedVersion::NoStream, events)
+        .await
+        .expect("append old and new shapes");
+
+    let stored: Vec<_> = store
+        .read_stream(&id, StreamVersion::FIRST)
+        .try_collect()
+        .await
+        .expect("read");
+    let versions: Vec<u32> = stored.iter().map(|e| e.schema_version).collect();
+    assert_eq!(
+        versions,
+        [1, 1, 2],
+        "each event keeps the version it was stored with"
+    );
+    let decoded: Vec<v3::AccountEvent> = stored
+        .iter()
+        .map(|e| e.decode().expect("every version decodes"))
+        .collect();
+    assert_eq!(
+        decoded,
+        [
+            v3::AccountEvent::Opened {
+                owner: "Ada".into()
+            },
+            v3::AccountEvent::Deposited {
+                cents: 700,
+                currency: "EUR".into()
+            },
+            new_deposit,
+        ]
     );
     db.drop_database().await.expect("drop");
 }

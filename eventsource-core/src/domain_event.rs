@@ -58,6 +58,18 @@ pub enum DecodeError {
         /// The version the code reads.
         supported: u32,
     },
+    /// The variant's upcaster refused a payload stored under an older schema version.
+    #[error("event type `{event_type}`: upcasting a payload of schema version {schema_version} to version {target} failed: {reason}")]
+    Upcast {
+        /// The stored type name.
+        event_type: String,
+        /// The stored schema version.
+        schema_version: u32,
+        /// The version the code reads.
+        target: u32,
+        /// What the upcaster reported.
+        reason: String,
+    },
     /// The payload does not match the variant's fields.
     #[error("payload of event type `{event_type}` version {schema_version} does not match its fields: {source}")]
     Payload {

@@ -55,6 +55,8 @@ pub(crate) struct VariantOptions {
     pub(crate) name: Option<(String, Span)>,
     /// `version = N`: the schema version.
     pub(crate) version: Option<u32>,
+    /// `upcast = "path::to::fn"`: turns payloads of older versions into this version's.
+    pub(crate) upcast: Option<syn::Path>,
 }
 
 /// The `key = value` items of every `#[event(...)]` among `attrs`; malformed attributes are
@@ -131,9 +133,9 @@ pub(crate) fn enum_options(attrs: &[Attribute], errors: &mut Errors) -> EnumOpti
                     Err(error) => errors.push(error),
                 }
             }
-            Some("name" | "version") => errors.spanned(
+            Some("name" | "version" | "upcast") => errors.spanned(
                 meta.path(),
-                "`name` and `version` go on a variant of the enum, not on the enum",
+                "`name`, `version` and `upcast` go on a variant of the enum, not on the enum",
             ),
             _ => errors.spanned(
                 meta.path(),
@@ -171,14 +173,39 @@ pub(crate) fn variant_options(attrs: &[Attribute], errors: &mut Errors) -> Varia
                     Err(error) => errors.push(error),
                 }
             }
+            Some("upcast") => {
+                let parsed = value_of(&meta, "upcast", "\"path::to::upcaster\"")
+                    .and_then(|v| string_value(v, "upcast", "\"path::to::upcaster\""))
+                    .and_then(|lit| {
+                        lit.parse::<syn::Path>().map_err(|_| {
+                            syn::Error::new_spanned(
+                                &lit,
+                                "expected a path to a function `fn(u32, serde_json::Value) -> Result<serde_json::Value, E>`, e.g. `upcast = \"upcast_item_added\"`",
+                            )
+                        })
+                    });
+                match parsed {
+                    Ok(_) if options.upcast.is_some() => {
+                        errors.spanned(meta.path(), "duplicate `upcast` in #[event(...)]");
+                    }
+                    Ok(path) => options.upcast = Some(path),
+                    Err(error) => errors.push(error),
+                }
+            }
             Some("crate") => {
                 errors.spanned(meta.path(), "`crate` goes on the enum, not on a variant");
             }
             _ => errors.spanned(
                 meta.path(),
-                "unknown key in #[event(...)]; expected `name = \"...\"` or `version = N`",
+                "unknown key in #[event(...)]; expected `name = \"...\"`, `version = N` or `upcast = \"path\"`",
             ),
         }
+    }
+    if let (Some(upcast), None | Some(1)) = (&options.upcast, options.version) {
+        errors.spanned(
+            upcast,
+            "`upcast` turns older schema versions into this one, so it needs `version = N` with N of 2 or more",
+        );
     }
     options
 }

@@ -50,6 +50,11 @@ pub(crate) fn expand(model: &EventEnum) -> TokenStream {
         .iter()
         .map(|v| decode_expr(v, &paths))
         .collect();
+    let version_gates: Vec<TokenStream> = model
+        .variants
+        .iter()
+        .map(|v| version_gate(v, &paths))
+        .collect();
     let unit_helper = model
         .variants
         .iter()
@@ -102,15 +107,7 @@ pub(crate) fn expand(model: &EventEnum) -> TokenStream {
                         match event_type {
                             #(
                                 #names => {
-                                    if schema_version != #versions {
-                                        return ::core::result::Result::Err(
-                                            #krate::DecodeError::UnsupportedVersion {
-                                                event_type: ::std::borrow::ToOwned::to_owned(event_type),
-                                                schema_version,
-                                                supported: #versions,
-                                            },
-                                        );
-                                    }
+                                    #version_gates
                                     #decode_exprs
                                 }
                             )*
@@ -226,6 +223,51 @@ fn encode_arm(variant: &EventVariant, paths: &Paths) -> TokenStream {
                 Self::#v { #(#idents),* } => #json::to_value(#encode { #(#idents),* }),
             }
         }
+    }
+}
+
+/// The check of the stored schema version for a variant whose name matched: the variant's own
+/// version decodes as it is; an older one goes through the variant's upcaster, if it has one,
+/// and `payload` is rebound to the upcasted payload; any other is an unsupported version.
+fn version_gate(variant: &EventVariant, paths: &Paths) -> TokenStream {
+    let Paths { krate, json, .. } = paths;
+    let version = variant.version;
+    let unsupported = quote! {
+        return ::core::result::Result::Err(#krate::DecodeError::UnsupportedVersion {
+            event_type: ::std::borrow::ToOwned::to_owned(event_type),
+            schema_version,
+            supported: #version,
+        })
+    };
+    let Some(upcast) = &variant.upcast else {
+        return quote! {
+            if schema_version != #version {
+                #unsupported;
+            }
+        };
+    };
+    quote! {
+        let __eventsource_upcasted: #json::Value;
+        let payload: &#json::Value = if schema_version == #version {
+            payload
+        } else if (1..#version).contains(&schema_version) {
+            match #upcast(schema_version, ::core::clone::Clone::clone(payload)) {
+                ::core::result::Result::Ok(__eventsource_value) => {
+                    __eventsource_upcasted = __eventsource_value;
+                    &__eventsource_upcasted
+                }
+                ::core::result::Result::Err(__eventsource_error) => {
+                    return ::core::result::Result::Err(#krate::DecodeError::Upcast {
+                        event_type: ::std::borrow::ToOwned::to_owned(event_type),
+                        schema_version,
+                        target: #version,
+                        reason: ::std::string::ToString::to_string(&__eventsource_error),
+                    });
+                }
+            }
+        } else {
+            #unsupported
+        };
     }
 }
 

@@ -67,8 +67,9 @@ use proc_macro::TokenStream;
 ///   - a tuple variant with one field `ItemAdded(ItemAdded)` encodes as that field does;
 ///   - a unit variant `Confirmed` (or `Confirmed {}`) encodes as `{}`;
 /// - `decode()`: an unknown type name is `DecodeError::UnknownType`, a schema version other
-///   than the variant's is `DecodeError::UnsupportedVersion` (upcast older versions before
-///   decoding), a payload that does not match is `DecodeError::Payload`. Decoding reads the
+///   than the variant's is `DecodeError::UnsupportedVersion` (unless the variant has an
+///   upcaster for older versions, see below), a payload that does not match is
+///   `DecodeError::Payload`. Decoding reads the
 ///   `&serde_json::Value` in place and never panics. A unit variant accepts `{}` or `null`
 ///   (and, like any serde struct, ignores fields of an object it does not know).
 ///
@@ -80,6 +81,34 @@ use proc_macro::TokenStream;
 ///   leading or trailing whitespace or NUL, and unique within the enum.
 /// - `version = 2`: the schema version of the payload, an integer in `1..=2147483647`
 ///   (default 1).
+/// - `upcast = "path::to::function"`: how payloads stored under an older version (`1..N`)
+///   become this version's, so events stored before a change of shape stay readable without
+///   rewriting them. The function takes the stored version and payload and returns the payload
+///   of version `N`, or an error (any `Display` type) reported as `DecodeError::Upcast`:
+///
+/// ```
+/// use eventsource::DomainEvent;
+/// use serde_json::{json, Value};
+///
+/// /// Version 1 had no currency: it was always euros.
+/// fn price_set_v1(_version: u32, mut payload: Value) -> Result<Value, String> {
+///     payload
+///         .as_object_mut()
+///         .ok_or("a PriceSet payload is an object")?
+///         .insert("currency".into(), json!("EUR"));
+///     Ok(payload)
+/// }
+///
+/// #[derive(Debug, PartialEq, DomainEvent)]
+/// enum CatalogEvent {
+///     #[event(version = 2, upcast = "price_set_v1")]
+///     PriceSet { cents: u64, currency: String },
+/// }
+///
+/// let old = CatalogEvent::decode("PriceSet", 1, &json!({ "cents": 250 }))?;
+/// assert_eq!(old, CatalogEvent::PriceSet { cents: 250, currency: "EUR".into() });
+/// # Ok::<(), eventsource::DecodeError>(())
+/// ```
 ///
 /// On the enum, `#[event(crate = "path")]` changes where the generated code finds the
 /// framework (default `::eventsource`). The path must expose `DomainEvent`, `EncodeError`,
@@ -97,8 +126,10 @@ use proc_macro::TokenStream;
 ///
 /// Structs and unions, enums without variants, generic enums, two variants with the same type
 /// name (also after `name = ...`), tuple variants with no field or several fields (wrap them in
-/// a struct), unknown or repeated keys, and malformed values (`#[event(name)]`,
-/// `version = "2"`, `version = 0`, `name = ""`), each reported at its own span.
+/// a struct), unknown or repeated keys, malformed values (`#[event(name)]`, `version = "2"`,
+/// `version = 0`, `name = ""`, `upcast = "not a path"`), and an `upcast` on a variant of
+/// version 1 (there is nothing older), each reported at its own span; an upcaster of the wrong
+/// signature fails to type-check at its call.
 #[proc_macro_derive(DomainEvent, attributes(event, serde))]
 pub fn derive_domain_event(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);

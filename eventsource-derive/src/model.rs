@@ -28,6 +28,8 @@ pub(crate) struct EventVariant {
     pub(crate) name: String,
     /// The schema version.
     pub(crate) version: u32,
+    /// The function turning payloads of older versions into this version's, if any.
+    pub(crate) upcast: Option<syn::Path>,
     /// What the payload is made of.
     pub(crate) shape: Shape,
 }
@@ -125,6 +127,7 @@ pub(crate) fn parse(input: &DeriveInput) -> syn::Result<EventEnum> {
             ident: variant.ident.clone(),
             name,
             version: variant_options.version.unwrap_or(1),
+            upcast: variant_options.upcast,
             shape,
         });
     }

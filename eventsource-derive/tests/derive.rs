@@ -497,3 +497,87 @@ fn field_names_do_not_clash_with_the_generated_code() {
 fn deprecated_variants_still_round_trip() {
     assert_eq!(round_trip(&TrickyEvent::Old("x".into())), json!("x"));
 }
+
+/// Version 1 of `Renamed` had `old`; version 2 of it had `middle`; version 3 has `new`.
+fn upcast_renamed(version: u32, payload: Value) -> Result<Value, String> {
+    let field = match version {
+        1 => "old",
+        2 => "middle",
+        other => return Err(format!("no upcast from version {other}")),
+    };
+    let value = payload
+        .get(field)
+        .cloned()
+        .ok_or_else(|| format!("version {version} payload without `{field}`"))?;
+    Ok(json!({ "new": value }))
+}
+
+#[derive(Debug, Clone, PartialEq, DomainEvent)]
+pub enum EvolvedEvent {
+    #[event(version = 3, upcast = "upcast_renamed")]
+    Renamed { new: String },
+    #[event(version = 2)]
+    Plain { n: u32 },
+}
+
+#[test]
+fn upcasters_turn_older_versions_into_the_current_one() {
+    let current = EvolvedEvent::Renamed { new: "x".into() };
+    assert_eq!(current.schema_version(), 3);
+    assert_eq!(round_trip(&current), json!({ "new": "x" }));
+    for (version, payload) in [(1, json!({ "old": "x" })), (2, json!({ "middle": "x" }))] {
+        assert_eq!(
+            EvolvedEvent::decode("Renamed", version, &payload).expect("upcast"),
+            current,
+            "from version {version}"
+        );
+    }
+}
+
+#[test]
+fn upcaster_failures_and_newer_versions_are_typed_errors() {
+    match EvolvedEvent::decode("Renamed", 1, &json!({ "middle": "x" })) {
+        Err(DecodeError::Upcast {
+            event_type,
+            schema_version: 1,
+            target: 3,
+            reason,
+        }) => {
+            assert_eq!(event_type, "Renamed");
+            assert!(reason.contains("without `old`"), "{reason}");
+        }
+        other => panic!("an upcast error, got {other:?}"),
+    }
+    // An upcasted payload that does not match the fields is a payload error of the stored version.
+    assert!(matches!(
+        EvolvedEvent::decode("Renamed", 2, &json!({ "middle": 7 })),
+        Err(DecodeError::Payload {
+            schema_version: 2,
+            ..
+        })
+    ));
+    // Versions newer than the code's, and versions of variants without an upcaster.
+    assert!(matches!(
+        EvolvedEvent::decode("Renamed", 4, &json!({ "new": "x" })),
+        Err(DecodeError::UnsupportedVersion {
+            schema_version: 4,
+            supported: 3,
+            ..
+        })
+    ));
+    assert!(matches!(
+        EvolvedEvent::decode("Renamed", 0, &json!({ "new": "x" })),
+        Err(DecodeError::UnsupportedVersion {
+            schema_version: 0,
+            ..
+        })
+    ));
+    assert!(matches!(
+        EvolvedEvent::decode("Plain", 1, &json!({ "n": 1 })),
+        Err(DecodeError::UnsupportedVersion {
+            schema_version: 1,
+            supported: 2,
+            ..
+        })
+    ));
+}

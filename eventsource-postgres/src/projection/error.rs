@@ -32,9 +32,10 @@ pub enum ProjectionError {
         /// The error.
         error: String,
     },
-    /// The checkpoint moved under this runner: another runner applied batches meanwhile, so this
-    /// one gave its batch up (it never applies a batch twice).
-    #[error("projection `{projection}`: checkpoint is at {found}, expected {expected}; another runner is active")]
+    /// The checkpoint moved under a batch (a rebuild swapped its model in, or another writer of
+    /// the checkpoint was active), so the batch was given up (never applied twice). An active
+    /// runner continues from the checkpoint found.
+    #[error("projection `{projection}`: checkpoint is at {found}, expected {expected}; it was moved by a rebuild or another runner")]
     CheckpointMoved {
         /// The projection.
         projection: String,

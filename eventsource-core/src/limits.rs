@@ -41,8 +41,9 @@ impl Limits {
     /// Checks an append and encodes its events. Every store calls this first.
     ///
     /// Refuses: more events than allowed, an empty type name, a schema version outside
-    /// `1..=i32::MAX`, a payload over the limit, an event id given twice, and an exact expected
-    /// version that the events would push past the version range.
+    /// `1..=i32::MAX`, a payload over the limit, an event id given twice, U+0000 in a type name,
+    /// actor, header or payload string, and an exact expected version that the events would
+    /// push past the version range.
     pub fn check_append<'a>(
         &self,
         stream: &StreamId,

@@ -271,6 +271,10 @@ where
     /// makes its stream pass a multiple of `policy.every` events, into `snapshots` (usually the
     /// event store itself), and loads from the latest snapshot plus the events after it.
     ///
+    /// The snapshot holds the state folded from the command's events as the aggregate produced
+    /// them; it equals a fold of the stored events as long as encoding then decoding an event
+    /// gives it back unchanged (true of the derive's encoding for ordinary serde types).
+    ///
     /// ```
     /// # use eventsource_core::testing::counter::{Counter, Increment};
     /// use eventsource_core::{Aggregate, CommandContext, InMemoryStore, Repository, SnapshotPolicy};

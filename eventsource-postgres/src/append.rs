@@ -58,19 +58,15 @@ impl EventAppender for PostgresStore {
     ///
     /// An `Any` or `StreamExists` append that loses the race for its versions to a concurrent
     /// writer retries, each time as a new transaction, after a jittered backoff (up to 200
-    /// attempts). A loser under `serializable` isolation (SQLSTATE 40001) is treated the same.
+    /// attempts). Under `serializable` isolation a statement that fails with a serialization
+    /// failure (SQLSTATE 40001) is run again the same way, whatever the expectation: the new
+    /// run checks it anew (and reports a typed conflict if it no longer holds).
     async fn append(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        // The statement tells the trigger not to notify (see append.sql); this announces the
-        // append once it is over, however it ends.
-        let _announce = NotifyWhenDone {
-            notifier: &self.shared.notifier,
-            pool: &self.pool,
-        };
         self.append_via(None, stream, expected, events).await
     }
 }
@@ -110,7 +106,17 @@ impl PostgresStore {
         let encoded = self.limits.check_append(stream, expected, &events)?;
         // After a restore into another cluster, new events would sort before old ones in the
         // feed (and a repair would then hide them behind saved positions): refuse to write.
-        self.check_transaction_ids().await?;
+        // In the caller's transaction the check runs on its connection (it only reads, so the
+        // append stays the transaction's first write), never waiting for another one.
+        self.check_transaction_ids(transaction.as_deref_mut())
+            .await?;
+        // An autocommit statement tells the trigger not to notify (see append.sql); this
+        // announces the append once it is over, however it ends (if the future is dropped
+        // before the commit, the notification may come early: subscribers then poll).
+        let _announce = transaction.is_none().then(|| NotifyWhenDone {
+            notifier: &self.shared.notifier,
+            pool: &self.pool,
+        });
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
         // check_append bounded schema versions by i32::MAX.
@@ -170,8 +176,15 @@ impl PostgresStore {
             };
             // In the caller's transaction, any error has aborted it: no retry there.
             let can_retry = transaction.is_none() && lost_races + 1 < RACE_RETRY.max_attempts;
-            let lost_versions = unique_violation(&error) == Some(STREAM_VERSION_KEY)
-                || sqlstate(&error).as_deref() == Some(SERIALIZATION_FAILURE);
+            let lost_versions = unique_violation(&error) == Some(STREAM_VERSION_KEY);
+            if sqlstate(&error).as_deref() == Some(SERIALIZATION_FAILURE) && can_retry {
+                // Under serializable isolation a writer that lost the race for the stream's
+                // versions fails so (or, spuriously, one that conflicted with nothing of this
+                // stream): run the statement again, which checks the expectation anew.
+                lost_races += 1;
+                tokio::time::sleep(RACE_RETRY.delay_after(lost_races)).await;
+                continue;
+            }
             match unique_violation(&error) {
                 _ if lost_versions => {
                     // A concurrent writer committed the versions this statement computed.

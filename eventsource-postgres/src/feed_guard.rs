@@ -1,7 +1,7 @@
 //! Refusing to run the feed on a database whose transaction ids went backwards.
 
 use eventsource_core::StoreError;
-use sqlx::Row;
+use sqlx::{PgConnection, Row};
 
 use crate::error::{backend, corrupt};
 use crate::row::transaction_id;
@@ -17,14 +17,22 @@ impl PostgresStore {
     /// events would sort before old ones, and subscribers positioned after the old ones would
     /// never see them. The feed refuses to run instead; the repair is
     /// `SELECT * FROM eventsource.repair_restored_feed()` (docs/administration.md).
-    pub(crate) async fn check_transaction_ids(&self) -> Result<(), StoreError> {
+    ///
+    /// Runs on `conn` when given (a caller's transaction: the query only reads), else on the
+    /// pool.
+    pub(crate) async fn check_transaction_ids(
+        &self,
+        conn: Option<&mut PgConnection>,
+    ) -> Result<(), StoreError> {
         if self.shared.ids_checked.get().is_some() {
             return Ok(());
         }
-        let row = sqlx::query(TRANSACTION_IDS)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| backend("compare stored transaction ids with the cluster's", e))?;
+        let query = sqlx::query(TRANSACTION_IDS);
+        let row = match conn {
+            Some(conn) => query.fetch_one(conn).await,
+            None => query.fetch_one(&self.pool).await,
+        }
+        .map_err(|e| backend("compare stored transaction ids with the cluster's", e))?;
         let newest: Option<String> = row
             .try_get("newest_stored")
             .map_err(|e| corrupt(format!("newest stored transaction id: {e}")))?;

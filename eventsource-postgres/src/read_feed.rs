@@ -33,7 +33,7 @@ impl FeedReader for PostgresStore {
         if limit == 0 {
             return Err(ValidationError::ZeroBatchSize.into());
         }
-        self.check_transaction_ids().await?;
+        self.check_transaction_ids(None).await?;
         let categories: Option<Vec<&str>> = filter
             .categories
             .as_ref()

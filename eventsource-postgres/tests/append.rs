@@ -209,6 +209,30 @@ async fn serializable_losers_get_typed_conflicts() {
     assert_eq!(appended.stream_version.get(), 2);
 }
 
+/// An append inside a caller's transaction runs its checks on that transaction's connection:
+/// on a one-connection pool it does not wait for a second connection.
+#[tokio::test]
+async fn append_in_needs_no_second_connection() {
+    let db = TestDatabase::create().await.expect("test database");
+    db.store().await.expect("migrated store");
+    let store = PostgresStore::new(db.pool(1).await.expect("one-connection pool"));
+    let mut tx = store.pool().begin().await.expect("begin");
+    let appended = tokio::time::timeout(
+        Duration::from_secs(20),
+        store.append_in(
+            &mut tx,
+            &stream("single"),
+            ExpectedVersion::NoStream,
+            vec![event(1)],
+        ),
+    )
+    .await
+    .expect("no wait for another connection")
+    .expect("append in the transaction");
+    tx.commit().await.expect("commit");
+    assert_eq!(appended.stream_version.get(), 1);
+}
+
 /// The SQLSTATE of a failed statement.
 fn sqlstate(error: sqlx::Error) -> String {
     error

@@ -657,6 +657,15 @@ async fn interrupted_rebuild_resumes() {
         "resumed part-way, at {resumed_at}"
     );
     assert_eq!(model(&store).await, expected(&store, false).await);
+
+    // A runner started after a rebuild of a projection that never ran before continues from
+    // the rebuilt checkpoint: nothing is applied twice.
+    ProjectionRunner::new(store.clone(), Tally::default())
+        .with_options(quick_options(50))
+        .run_until_caught_up()
+        .await
+        .expect("a runner after the rebuild");
+    assert_eq!(model(&store).await, expected(&store, false).await);
 }
 
 /// Lag counts the events a projection has not applied.
@@ -840,4 +849,105 @@ async fn rebuild_beside_a_live_runner() {
     );
     shutdown.cancel();
     running.await.expect("runner task").expect("clean stop");
+}
+
+/// A long reader of a live table does not make the rebuild fail: the swap gives up waiting for
+/// the table after its lock timeout (so it does not hold the feed back), tries again, and
+/// completes once the reader is done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_waits_out_a_long_reader() {
+    let (_db, store) = fresh().await;
+    append_many(&store, 5, 100, 0).await;
+    ProjectionRunner::new(store.clone(), Tally::default())
+        .with_options(quick_options(50))
+        .run_until_caught_up()
+        .await
+        .expect("live model");
+    let mut reader = store.pool().begin().await.expect("begin");
+    sqlx::query("SELECT count(*) FROM tally")
+        .execute(&mut *reader)
+        .await
+        .expect("a reader holds the live table");
+
+    let task = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let options = RebuildOptions {
+                batch_size: 50,
+                lock_retry: Duration::from_millis(200),
+                ..RebuildOptions::default()
+            };
+            rebuild(&store, &Tally::default(), options, |_| {}).await
+        }
+    });
+    // The swap waits for the reader's lock, longer than its lock timeout.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .expect("pg_stat_activity");
+        if waiting > 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the swap waits");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        !task.is_finished(),
+        "the swap cannot finish while the reader holds the table"
+    );
+    reader.commit().await.expect("the reader is done");
+
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the swap completes after the reader")
+        .expect("rebuild task")
+        .expect("the rebuild succeeds");
+    assert_eq!(model(&store).await, expected(&store, false).await);
+}
+
+/// A runner whose checkpoint row disappears (deleted by hand) stops instead of replaying
+/// everything onto the existing tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_stops_when_its_checkpoint_is_deleted() {
+    let (_db, store) = fresh().await;
+    append_many(&store, 2, 10, 0).await;
+    let runner = Arc::new(
+        ProjectionRunner::new(store.clone(), Tally::default()).with_options(quick_options(5)),
+    );
+    let task = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.run(CancellationToken::new()).await }
+    });
+    let mut status = runner.status();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.state == RunnerState::Live),
+    )
+    .await
+    .expect("live")
+    .expect("status");
+    sqlx::query("DELETE FROM eventsource.checkpoints WHERE name = 'tally'")
+        .execute(store.pool())
+        .await
+        .expect("delete the checkpoint");
+    append_many(&store, 2, 1, 10).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("the runner stops")
+        .expect("runner task");
+    assert!(
+        matches!(stopped, Err(ProjectionError::Invalid { .. })),
+        "{stopped:?}"
+    );
+    let applied: i64 = sqlx::query_scalar("SELECT sum(events)::bigint FROM tally")
+        .fetch_one(store.pool())
+        .await
+        .expect("model");
+    assert_eq!(applied, 10, "nothing was applied again");
 }

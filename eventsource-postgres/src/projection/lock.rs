@@ -3,8 +3,9 @@
 //!
 //! The lock lives as long as the connection: when the process dies or the connection drops,
 //! PostgreSQL releases it and a standby takes over. The connection asks the server for TCP
-//! keepalives, so a machine that vanishes (power, network) is noticed within about half a
-//! minute, not after the operating system's default of hours. (Behind a transaction-pooling pooler such as
+//! keepalives, so an idle connection to a machine that vanished (power, network) is noticed
+//! within about half a minute, not after the operating system's default of hours (connected
+//! directly; a pooler in between keeps its own connection to the server). (Behind a transaction-pooling pooler such as
 //! PgBouncer in transaction mode, session locks do not hold: connect runners directly or
 //! through session pooling. The checkpoint row lock still prevents double application.)
 
@@ -35,13 +36,26 @@ impl Role {
     }
 }
 
-/// Server-side TCP keepalives of the lock connection: first probe after 10 s of silence, then
-/// every 5 s, the peer given up after 3 missed probes.
-const KEEPALIVES: [(&str, &str); 3] = [
-    ("tcp_keepalives_idle", "10"),
-    ("tcp_keepalives_interval", "5"),
-    ("tcp_keepalives_count", "3"),
-];
+/// Asks the server for TCP keepalives on this session: first probe after 10 s of silence, then
+/// every 5 s, the peer given up after 3 missed probes. Set after connecting (not as startup
+/// options, which connection poolers refuse); where the server refuses them, they are skipped.
+const KEEPALIVES: &str = "SELECT set_config('tcp_keepalives_idle', '10', false),
+       set_config('tcp_keepalives_interval', '5', false),
+       set_config('tcp_keepalives_count', '3', false)";
+
+/// Serializes a projection's first setup with a rebuild's swap (both create the live
+/// checkpoint when it is missing): held until `tx` ends.
+pub(crate) async fn setup_lock(
+    tx: &mut PgConnection,
+    projection: &str,
+) -> Result<(), ProjectionError> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(format!("eventsource.setup/{projection}"))
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| ProjectionError::database(projection, "take the setup lock", e))?;
+    Ok(())
+}
 
 /// A dedicated connection; `Some` when it holds the projection's lock for `role`.
 ///
@@ -56,12 +70,16 @@ pub(crate) async fn try_acquire(
 ) -> Result<Option<PgConnection>, ProjectionError> {
     let mut conn = match spare.take() {
         Some(conn) => conn,
-        None => options
-            .clone()
-            .options(KEEPALIVES)
-            .connect()
-            .await
-            .map_err(|e| ProjectionError::database(projection, "connect the runner", e))?,
+        None => {
+            let mut conn = options
+                .connect()
+                .await
+                .map_err(|e| ProjectionError::database(projection, "connect the runner", e))?;
+            if let Err(error) = sqlx::query(KEEPALIVES).execute(&mut conn).await {
+                tracing::debug!(projection, %error, "TCP keepalives not set on the lock connection");
+            }
+            conn
+        }
     };
     let locked: bool = sqlx::query_scalar(TRY_LOCK)
         .bind(format!("{}{projection}", role.namespace()))

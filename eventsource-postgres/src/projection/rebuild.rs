@@ -4,19 +4,26 @@
 //! in a private schema (`<projection>_rebuild`), replays the whole feed into them, and then, in
 //! one transaction, drops the live tables and moves the new ones into the projection's schema
 //! together with the checkpoint. Readers of the live tables keep reading the old model during
-//! the replay; during the swap transaction (milliseconds) they wait on its lock, then read the
-//! new tables. Views or foreign keys that depend on the live tables make the swap fail: drop
-//! and recreate them around a rebuild.
+//! the replay and until the swap commits, then read the new tables. The swap waits at most a
+//! few seconds for a live table that a long reader holds (it holds the feed back meanwhile),
+//! then gives up and tries again. Views or foreign keys that depend on the live tables make the
+//! swap fail: drop and recreate them around a rebuild.
 //!
 //! A rebuild runs beside the projection's live runner, which keeps the live model current
 //! meanwhile (one rebuild of a projection runs at a time). The swap locks the live checkpoint
-//! first, so it waits for the runner's batch in hand; the runner's next batch finds the
-//! checkpoint moved and continues from the rebuilt one, on the rebuilt tables. An interrupted rebuild resumes from its own checkpoint on the next call,
-//! unless [`RebuildOptions::fresh`] is set; so does one whose handler failed
+//! first, so it waits for the runner's batch in hand, then applies the events committed since
+//! its last batch; the runner's next batch finds the checkpoint moved and continues from the
+//! rebuilt one, on the rebuilt tables. This assumes the live runner runs the same projection
+//! code: to rebuild for a changed model, stop the runners of the old code first and start the
+//! new code's after the swap (or during the rebuild: they then take part as above).
+//!
+//! An interrupted rebuild resumes from its own checkpoint on the next call, unless
+//! [`RebuildOptions::fresh`] is set; so does one whose handler failed
 //! ([`ProjectionError::RebuildBatchFailed`]), once the handler is fixed.
 //!
 //! A rebuild applies every event the projection wants, including those a live runner parked as
-//! dead letters: the swap marks those as settled, so a later replay cannot apply them twice.
+//! dead letters: the swap settles the projection's dead letters up to the rebuilt checkpoint,
+//! so a later replay cannot apply them twice.
 
 use std::time::Duration;
 
@@ -27,6 +34,7 @@ use super::error::ProjectionError;
 use super::lock::{self, Role};
 use super::scope::{check_identifier, quoted, set_search_path};
 use super::{checkpoint, Projection};
+use crate::error::sqlstate;
 use crate::row::Xid8;
 use crate::store::PostgresStore;
 
@@ -40,7 +48,8 @@ pub struct RebuildOptions {
     pub batch_size: usize,
     /// Discard an interrupted rebuild instead of resuming it.
     pub fresh: bool,
-    /// How often to retry taking the projection's lock while a runner holds it (default 1 s).
+    /// How long to wait before trying again while another rebuild of the projection runs, or
+    /// after a swap found the live tables busy (default 1 s).
     pub lock_retry: Duration,
 }
 
@@ -166,31 +175,91 @@ async fn replay_and_swap<P: Projection>(
         }
     }
 
-    // Swap: the live tables go, the rebuilt ones move in, with the checkpoint, atomically.
-    // The live checkpoint row is locked first (as a dead-letter replay does before it writes
-    // the live tables, so the two cannot deadlock): that waits for the live runner's batch in
-    // hand and holds its next one back. The events committed since the last batch, which the
-    // live model may already hold, are then applied to the rebuilt model in this transaction,
-    // so the swapped-in model is never behind the one it replaces.
+    // Swap, retried while readers of the live tables hold them longer than the lock timeout.
+    loop {
+        match swap(store, projection, options, conn, position).await? {
+            Swapped::Done {
+                position,
+                caught_up,
+            } => {
+                done += caught_up;
+                progress(RebuildProgress {
+                    done,
+                    total: total.max(done),
+                });
+                tracing::info!(projection = name, events = done, "rebuilt and swapped in");
+                return Ok(position);
+            }
+            Swapped::TablesBusy => {
+                tracing::info!(
+                    projection = name,
+                    "the live tables are in use; retrying the swap"
+                );
+                tokio::time::sleep(options.lock_retry).await;
+            }
+        }
+    }
+}
+
+/// How a swap attempt ended.
+enum Swapped {
+    /// The rebuilt model is live from `position`, after applying `caught_up` more events.
+    Done {
+        position: FeedPosition,
+        caught_up: u64,
+    },
+    /// A live table stayed locked (by a long reader) past the lock timeout: nothing changed.
+    TablesBusy,
+}
+
+/// How long the swap waits for a live table's lock. The swap holds a transaction id meanwhile,
+/// which holds back every feed reader of the database, so it gives up quickly and retries.
+const SWAP_LOCK_TIMEOUT: &str = "2s";
+
+/// SQLSTATE of a lock timeout.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// Swaps the rebuilt model (at `position`) in: the live tables go, the rebuilt ones move in,
+/// with the checkpoint, atomically.
+///
+/// Locks the live checkpoint row first, as a runner's batch and a dead-letter replay do before
+/// they write the live tables (so none of them can deadlock): that waits for the live runner's
+/// batch in hand and holds its next one back. Takes the setup lock too, so a runner's first
+/// setup cannot overwrite the checkpoint written here. The events committed since the last
+/// rebuild batch, which the live model may already hold, are applied to the rebuilt model in
+/// this transaction, so the swapped-in model is never behind the one it replaces.
+async fn swap<P: Projection>(
+    store: &PostgresStore,
+    projection: &P,
+    options: &RebuildOptions,
+    conn: &mut PgConnection,
+    mut position: FeedPosition,
+) -> Result<Swapped, ProjectionError> {
+    let name = projection.name();
+    let shadow = format!("{name}_rebuild");
+    let filter = projection.filter();
+    let db = |op: &'static str| move |e| ProjectionError::database(name, op, e);
     let live = projection.schema();
     let mut tx = conn.begin().await.map_err(db("begin the swap"))?;
+    lock::setup_lock(&mut tx, name).await?;
     checkpoint::read_for_update(&mut tx, name, name).await?;
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"))
+        .execute(&mut *tx)
+        .await
+        .map_err(db("set the swap's lock timeout"))?;
     set_search_path(name, &mut tx, &shadow).await?;
+    let mut caught_up = 0;
     loop {
         let batch = store
             .read_feed_batch(position, options.batch_size, &filter)
             .await?;
         apply(projection, &mut tx, &batch.events).await?;
         position = batch.next;
-        done += batch.events.len() as u64;
+        caught_up += batch.events.len() as u64;
         if batch.reached_head {
             break;
         }
     }
-    progress(RebuildProgress {
-        done,
-        total: total.max(done),
-    });
     sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", quoted(live)))
         .execute(&mut *tx)
         .await
@@ -203,12 +272,20 @@ async fn replay_and_swap<P: Projection>(
             .map_err(db("look up a live table"))?;
         let present: bool = row.try_get("present").map_err(db("look up a live table"))?;
         if present {
-            sqlx::query(&format!("DROP TABLE {}.{}", quoted(live), quoted(table)))
+            let dropped = sqlx::query(&format!("DROP TABLE {}.{}", quoted(live), quoted(table)))
                 .execute(&mut *tx)
-                .await
-                .map_err(db(
-                    "drop a live table (do views or foreign keys depend on it?)",
-                ))?;
+                .await;
+            match dropped {
+                Err(error) if sqlstate(&error).as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                    return Ok(Swapped::TablesBusy);
+                }
+                Err(error) => {
+                    return Err(db(
+                        "drop a live table (do views or foreign keys depend on it?)",
+                    )(error))
+                }
+                Ok(_) => {}
+            }
         }
         sqlx::query(&format!(
             "ALTER TABLE {}.{} SET SCHEMA {}",
@@ -223,8 +300,8 @@ async fn replay_and_swap<P: Projection>(
         ))?;
     }
     checkpoint::write(&mut tx, name, name, position).await?;
-    // The rebuilt model applied every event up to `position`, parked ones included (a rebuild
-    // stops on a failing event): replaying them would apply them twice.
+    // The rebuilt model applied every event up to `position` that the projection wants, parked
+    // ones included (a rebuild stops on a failing event): replaying them would apply them twice.
     sqlx::query(SETTLE_DEAD_LETTERS)
         .bind(name)
         .bind(Xid8(position.transaction_id))
@@ -233,17 +310,23 @@ async fn replay_and_swap<P: Projection>(
         .await
         .map_err(db("settle the dead letters the rebuild applied"))?;
     sqlx::query("DELETE FROM eventsource.checkpoints WHERE name = $1")
-        .bind(&rebuild_checkpoint)
+        .bind(format!("{name}#rebuild"))
         .execute(&mut *tx)
         .await
         .map_err(db("drop the rebuild checkpoint"))?;
-    sqlx::query(&format!("DROP SCHEMA {} CASCADE", quoted(&shadow)))
+    // Without CASCADE: anything setup created besides the moved tables (their indexes and
+    // owned sequences moved with them) would otherwise be dropped along with what depends on it.
+    sqlx::query(&format!("DROP SCHEMA {}", quoted(&shadow)))
         .execute(&mut *tx)
         .await
-        .map_err(db("drop the shadow schema"))?;
+        .map_err(db(
+            "drop the shadow schema (setup created objects other than the tables of tables(), such as types or functions: create those outside the projection's schema)",
+        ))?;
     tx.commit().await.map_err(db("commit the swap"))?;
-    tracing::info!(projection = name, events = done, "rebuilt and swapped in");
-    Ok(position)
+    Ok(Swapped::Done {
+        position,
+        caught_up,
+    })
 }
 
 /// Applies one batch of the rebuild through the projection's handler.

@@ -313,14 +313,9 @@ impl<P: Projection> ProjectionRunner<P> {
         let name = self.projection.name();
         let db = |op: &'static str| move |e| ProjectionError::database(name, op, e);
         let mut tx = conn.begin().await.map_err(db("begin setup"))?;
-        // Serializes concurrent first starts: the second waits here, then finds the row.
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock(hashtextextended('eventsource.setup/' || $1, 0))",
-        )
-        .bind(name)
-        .execute(&mut *tx)
-        .await
-        .map_err(db("lock setup"))?;
+        // Serializes concurrent first starts (and a rebuild's swap): the second waits here,
+        // then finds the row.
+        lock::setup_lock(&mut tx, name).await?;
         if let Some(position) = checkpoint::read_for_update(&mut tx, name, name).await? {
             tx.commit().await.map_err(db("commit setup"))?;
             return Ok(position);
@@ -435,11 +430,17 @@ impl<P: Projection> ProjectionRunner<P> {
             let found = checkpoint::lock_in_schema(&mut tx, name, name, self.projection.schema())
                 .await
                 .map_err(BatchError::Runner)?;
-            if found != Some(from) {
+            let Some(found) = found else {
+                return Err(BatchError::Runner(ProjectionError::Invalid {
+                    projection: name.to_owned(),
+                    problem: "its checkpoint row is gone (deleted by hand?); to start over, rebuild the projection".into(),
+                }));
+            };
+            if found != from {
                 return Err(BatchError::Runner(ProjectionError::CheckpointMoved {
                     projection: name.to_owned(),
                     expected: from,
-                    found: found.unwrap_or(FeedPosition::START),
+                    found,
                 }));
             }
             if !events.is_empty() {

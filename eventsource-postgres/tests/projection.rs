@@ -951,3 +951,76 @@ async fn runner_stops_when_its_checkpoint_is_deleted() {
         .expect("model");
     assert_eq!(applied, 10, "nothing was applied again");
 }
+
+/// A runner whose checkpoint is moved under it (as a rebuild's swap does) gives up the batch it
+/// holds, rolls that transaction back at once (it held a transaction id, which would hold the
+/// feed back, its own reads included) and goes on from the moved checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_continues_after_its_checkpoint_is_moved() {
+    let (_db, store) = fresh().await;
+    append_many(&store, 2, 10, 0).await;
+    let runner = Arc::new(
+        ProjectionRunner::new(store.clone(), Tally::default()).with_options(quick_options(5)),
+    );
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (runner, shutdown) = (runner.clone(), shutdown.clone());
+        async move { runner.run(shutdown).await }
+    });
+    let mut status = runner.status();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.state == RunnerState::Live && s.events_applied == 10),
+    )
+    .await
+    .expect("live")
+    .expect("status");
+
+    // One event, and the checkpoint moved past it in the same transaction.
+    let mut tx = store.pool().begin().await.expect("begin");
+    let skipped = store
+        .append_in(
+            &mut tx,
+            &StreamId::new("tally", "s0").expect("id"),
+            ExpectedVersion::Any,
+            vec![tally_event(100)],
+        )
+        .await
+        .expect("append");
+    let moved_to = skipped.positions[0];
+    sqlx::query(
+        "UPDATE eventsource.checkpoints SET transaction_id = $1::text::xid8, position = $2
+         WHERE name = 'tally'",
+    )
+    .bind(moved_to.transaction_id.to_string())
+    .bind(i64::try_from(moved_to.global_position.get()).expect("position"))
+    .execute(&mut *tx)
+    .await
+    .expect("move the checkpoint");
+    tx.commit().await.expect("commit");
+    // The runner meets the moved checkpoint with that event, then must see the next one.
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.position == moved_to),
+    )
+    .await
+    .expect("the runner takes the moved checkpoint")
+    .expect("status");
+    append_many(&store, 2, 1, 200).await;
+    let head = store.head_position().await.expect("head").expect("events");
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        status.wait_for(|s| s.position >= head),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the runner goes on: {:?}", *runner.status().borrow()))
+    .expect("status");
+    assert_eq!(
+        runner.status().borrow().events_applied,
+        11,
+        "the moved-past event was not applied"
+    );
+    assert_eq!(runner.status().borrow().activations, 1);
+    shutdown.cancel();
+    task.await.expect("runner task").expect("clean stop");
+}

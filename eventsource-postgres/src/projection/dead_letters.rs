@@ -50,6 +50,9 @@ pub(crate) async fn park(
     let mut tx = conn.begin().await.map_err(db("begin parking an event"))?;
     let found = checkpoint::read_for_update(&mut tx, projection, projection).await?;
     if found != Some(from) {
+        // Rolled back now: the row lock gave the transaction an id, which holds the feed back
+        // until the transaction ends, and the runner goes on with this connection.
+        let _ = tx.rollback().await;
         return Err(ProjectionError::CheckpointMoved {
             projection: projection.to_owned(),
             expected: from,
@@ -130,6 +133,7 @@ pub async fn replay<P: Projection>(
         .await
         .map_err(db("take a dead letter"))?;
     let Some(row) = row else {
+        let _ = tx.rollback().await;
         return Err(ProjectionError::Invalid {
             projection: name.to_owned(),
             problem: format!("dead letter {id} is unknown or was already replayed"),
@@ -140,6 +144,9 @@ pub async fn replay<P: Projection>(
         .handle(&mut tx, std::slice::from_ref(&event))
         .await
     {
+        // Rolled back before the connection goes back to the pool (the handler's writes gave
+        // the transaction an id, which holds the feed back until it ends).
+        let _ = tx.rollback().await;
         return Err(ProjectionError::handler_failed(
             name,
             &event,

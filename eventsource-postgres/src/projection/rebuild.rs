@@ -277,6 +277,8 @@ async fn swap<P: Projection>(
                 .await;
             match dropped {
                 Err(error) if sqlstate(&error).as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                    // Rolled back now, not at the next attempt: it holds a transaction id.
+                    let _ = tx.rollback().await;
                     return Ok(Swapped::TablesBusy);
                 }
                 Err(error) => {

@@ -427,35 +427,56 @@ impl<P: Projection> ProjectionRunner<P> {
         let span = tracing::info_span!("projection_batch", projection = name, events = events.len(), from = %from, to = %next);
         async {
             let mut tx = conn.begin().await.map_err(runner("begin a batch"))?;
-            let found = checkpoint::lock_in_schema(&mut tx, name, name, self.projection.schema())
-                .await
-                .map_err(BatchError::Runner)?;
-            let Some(found) = found else {
-                return Err(BatchError::Runner(ProjectionError::Invalid {
-                    projection: name.to_owned(),
-                    problem: "its checkpoint row is gone (deleted by hand?); to start over, rebuild the projection".into(),
-                }));
-            };
-            if found != from {
-                return Err(BatchError::Runner(ProjectionError::CheckpointMoved {
-                    projection: name.to_owned(),
-                    expected: from,
-                    found,
-                }));
+            match self.fill_batch(&mut tx, from, events, next).await {
+                Ok(()) => tx.commit().await.map_err(runner("commit a batch")),
+                Err(error) => {
+                    // Rolled back now, not when the connection is next used: the transaction
+                    // holds a transaction id (from the checkpoint row lock), which would hold
+                    // the feed back, and this runner's next read with it.
+                    let _ = tx.rollback().await;
+                    Err(error)
+                }
             }
-            if !events.is_empty() {
-                self.projection
-                    .handle(&mut tx, events)
-                    .await
-                    .map_err(|e| BatchError::Handler(e.to_string()))?;
-            }
-            checkpoint::write(&mut tx, name, name, next)
-                .await
-                .map_err(BatchError::Runner)?;
-            tx.commit().await.map_err(runner("commit a batch"))
         }
         .instrument(span)
         .await
+    }
+
+    /// The statements of one batch in `tx`: lock the checkpoint and check it is still `from`,
+    /// run the handler, move the checkpoint to `next`.
+    async fn fill_batch(
+        &self,
+        tx: &mut PgConnection,
+        from: FeedPosition,
+        events: &[RecordedEvent],
+        next: FeedPosition,
+    ) -> Result<(), BatchError> {
+        let name = self.projection.name();
+        let found = checkpoint::lock_in_schema(tx, name, name, self.projection.schema())
+            .await
+            .map_err(BatchError::Runner)?;
+        let Some(found) = found else {
+            return Err(BatchError::Runner(ProjectionError::Invalid {
+                projection: name.to_owned(),
+                problem: "its checkpoint row is gone (deleted by hand?); to start over, rebuild the projection".into(),
+            }));
+        };
+        if found != from {
+            return Err(BatchError::Runner(ProjectionError::CheckpointMoved {
+                projection: name.to_owned(),
+                expected: from,
+                found,
+            }));
+        }
+        if !events.is_empty() {
+            self.projection
+                .handle(tx, events)
+                .await
+                .map_err(|e| BatchError::Handler(e.to_string()))?;
+        }
+        checkpoint::write(tx, name, name, next)
+            .await
+            .map_err(BatchError::Runner)
     }
 
     /// Moves the checkpoint from `from` to `next` without running the handler.

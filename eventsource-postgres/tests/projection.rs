@@ -927,10 +927,10 @@ async fn runner_stops_when_its_checkpoint_is_deleted() {
     let mut status = runner.status();
     tokio::time::timeout(
         Duration::from_secs(60),
-        status.wait_for(|s| s.state == RunnerState::Live),
+        status.wait_for(|s| s.state == RunnerState::Live && s.events_applied == 10),
     )
     .await
-    .expect("live")
+    .expect("live with every event applied")
     .expect("status");
     sqlx::query("DELETE FROM eventsource.checkpoints WHERE name = 'tally'")
         .execute(store.pool())

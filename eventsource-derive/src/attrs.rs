@@ -109,29 +109,40 @@ fn string_value(expr: &Expr, key: &str, example: &str) -> syn::Result<syn::LitSt
     }
 }
 
+/// The value of `key = "a::path"`, parsed as a path; `not_a_path` says what was expected when
+/// the string is not one.
+fn path_value(meta: &Meta, key: &str, example: &str, not_a_path: &str) -> syn::Result<syn::Path> {
+    let lit = value_of(meta, key, example).and_then(|v| string_value(v, key, example))?;
+    lit.parse::<syn::Path>()
+        .map_err(|_| syn::Error::new_spanned(&lit, not_a_path))
+}
+
+/// Stores a parsed value in `slot`, or records why not: the parse error, or a second value for
+/// the same key.
+fn set_once<T>(slot: &mut Option<T>, parsed: syn::Result<T>, meta: &Meta, errors: &mut Errors) {
+    match parsed {
+        Ok(_) if slot.is_some() => {
+            let key = key_of(meta).unwrap_or_default();
+            errors.spanned(meta.path(), format!("duplicate `{key}` in #[event(...)]"));
+        }
+        Ok(value) => *slot = Some(value),
+        Err(error) => errors.push(error),
+    }
+}
+
 /// Parses `#[event(...)]` on the enum: only `crate = "path"` belongs there.
 pub(crate) fn enum_options(attrs: &[Attribute], errors: &mut Errors) -> EnumOptions {
     let mut options = EnumOptions { krate: None };
     for meta in event_items(attrs, errors) {
         match key_of(&meta).as_deref() {
             Some("crate") => {
-                let parsed = value_of(&meta, "crate", "\"path::to::eventsource\"")
-                    .and_then(|v| string_value(v, "crate", "\"path::to::eventsource\""))
-                    .and_then(|lit| {
-                        lit.parse::<syn::Path>().map_err(|_| {
-                            syn::Error::new_spanned(
-                                &lit,
-                                "expected a path to the crate that exposes `DomainEvent`, e.g. `crate = \"::eventsource\"`",
-                            )
-                        })
-                    });
-                match parsed {
-                    Ok(_) if options.krate.is_some() => {
-                        errors.spanned(meta.path(), "duplicate `crate` in #[event(...)]");
-                    }
-                    Ok(path) => options.krate = Some(path),
-                    Err(error) => errors.push(error),
-                }
+                let parsed = path_value(
+                    &meta,
+                    "crate",
+                    "\"path::to::eventsource\"",
+                    "expected a path to the crate that exposes `DomainEvent`, e.g. `crate = \"::eventsource\"`",
+                );
+                set_once(&mut options.krate, parsed, &meta, errors);
             }
             Some("name" | "version" | "upcast") => errors.spanned(
                 meta.path(),
@@ -146,7 +157,7 @@ pub(crate) fn enum_options(attrs: &[Attribute], errors: &mut Errors) -> EnumOpti
     options
 }
 
-/// Parses `#[event(...)]` on a variant: `name = "..."` and `version = N`.
+/// Parses `#[event(...)]` on a variant: `name = "..."`, `version = N` and `upcast = "path"`.
 pub(crate) fn variant_options(attrs: &[Attribute], errors: &mut Errors) -> VariantOptions {
     let mut options = VariantOptions::default();
     for meta in event_items(attrs, errors) {
@@ -155,42 +166,20 @@ pub(crate) fn variant_options(attrs: &[Attribute], errors: &mut Errors) -> Varia
                 let parsed = value_of(&meta, "name", "\"OrderPlaced\"")
                     .and_then(|v| string_value(v, "name", "\"OrderPlaced\""))
                     .and_then(|lit| check_name(&lit));
-                match parsed {
-                    Ok(_) if options.name.is_some() => {
-                        errors.spanned(meta.path(), "duplicate `name` in #[event(...)]");
-                    }
-                    Ok(name) => options.name = Some(name),
-                    Err(error) => errors.push(error),
-                }
+                set_once(&mut options.name, parsed, &meta, errors);
             }
             Some("version") => {
                 let parsed = value_of(&meta, "version", "2").and_then(parse_version);
-                match parsed {
-                    Ok(_) if options.version.is_some() => {
-                        errors.spanned(meta.path(), "duplicate `version` in #[event(...)]");
-                    }
-                    Ok(version) => options.version = Some(version),
-                    Err(error) => errors.push(error),
-                }
+                set_once(&mut options.version, parsed, &meta, errors);
             }
             Some("upcast") => {
-                let parsed = value_of(&meta, "upcast", "\"path::to::upcaster\"")
-                    .and_then(|v| string_value(v, "upcast", "\"path::to::upcaster\""))
-                    .and_then(|lit| {
-                        lit.parse::<syn::Path>().map_err(|_| {
-                            syn::Error::new_spanned(
-                                &lit,
-                                "expected a path to a function `fn(u32, serde_json::Value) -> Result<serde_json::Value, E>`, e.g. `upcast = \"upcast_item_added\"`",
-                            )
-                        })
-                    });
-                match parsed {
-                    Ok(_) if options.upcast.is_some() => {
-                        errors.spanned(meta.path(), "duplicate `upcast` in #[event(...)]");
-                    }
-                    Ok(path) => options.upcast = Some(path),
-                    Err(error) => errors.push(error),
-                }
+                let parsed = path_value(
+                    &meta,
+                    "upcast",
+                    "\"path::to::upcaster\"",
+                    "expected a path to a function `fn(u32, serde_json::Value) -> Result<serde_json::Value, E>`, e.g. `upcast = \"upcast_item_added\"`",
+                );
+                set_once(&mut options.upcast, parsed, &meta, errors);
             }
             Some("crate") => {
                 errors.spanned(meta.path(), "`crate` goes on the enum, not on a variant");

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use eventsource_core::{
-    EventMetadata, FeedPosition, RecordedEvent, StoreError, StreamId, StreamVersion,
+    EventMetadata, FeedPosition, GlobalPosition, RecordedEvent, StoreError, StreamId, StreamVersion,
 };
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
@@ -87,6 +87,13 @@ pub(crate) fn stored_feed_position(
     let position = u64::try_from(position)
         .map_err(|_| corrupt(format!("negative global position {position}")))?;
     Ok(FeedPosition::new(transaction.0, position))
+}
+
+/// A global position as stored (`bigint`). Stored positions come from an identity column and
+/// fit; a larger one (never stored) is clamped to `i64::MAX`, which still compares past every
+/// stored position.
+pub(crate) fn position_column(position: GlobalPosition) -> i64 {
+    i64::try_from(position.get()).unwrap_or(i64::MAX)
 }
 
 /// A stream version from its stored `bigint`.

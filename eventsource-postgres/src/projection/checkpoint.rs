@@ -5,7 +5,7 @@ use sqlx::{PgConnection, Row};
 
 use super::error::ProjectionError;
 use super::scope::quoted;
-use crate::row::feed_position;
+use crate::row::{feed_position, position_column};
 
 const READ_CHECKPOINT: &str = include_str!("sql/read_checkpoint.sql");
 const WRITE_CHECKPOINT: &str = include_str!("sql/write_checkpoint.sql");
@@ -65,7 +65,7 @@ pub(crate) async fn write(
     name: &str,
     position: FeedPosition,
 ) -> Result<(), ProjectionError> {
-    let global = i64::try_from(position.global_position.get()).unwrap_or(i64::MAX);
+    let global = position_column(position.global_position);
     sqlx::query(WRITE_CHECKPOINT)
         .bind(name)
         .bind(position.transaction_id.to_string())

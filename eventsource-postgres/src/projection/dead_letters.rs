@@ -7,7 +7,7 @@ use sqlx::{Connection, PgConnection, Row};
 
 use super::error::ProjectionError;
 use super::{checkpoint, Projection};
-use crate::row::{feed_position, recorded_event};
+use crate::row::{feed_position, position_column, recorded_event};
 use crate::store::PostgresStore;
 
 const PARK: &str = include_str!("sql/park_dead_letter.sql");
@@ -63,7 +63,7 @@ pub(crate) async fn park(
         .bind(projection)
         .bind(event.event_id)
         .bind(event.position.transaction_id.to_string())
-        .bind(i64::try_from(event.global_position().get()).unwrap_or(i64::MAX))
+        .bind(position_column(event.global_position()))
         .bind(event.stream_id.category().as_str())
         .bind(event.stream_id.id())
         .bind(i64::from(event.version))

@@ -35,7 +35,7 @@ use super::lock::{self, Role};
 use super::scope::{check_identifier, quoted, set_search_path};
 use super::{checkpoint, Projection};
 use crate::error::sqlstate;
-use crate::row::Xid8;
+use crate::row::{position_column, Xid8};
 use crate::store::PostgresStore;
 
 const COUNT_EVENTS: &str = include_str!("sql/count_events.sql");
@@ -307,7 +307,7 @@ async fn swap<P: Projection>(
     sqlx::query(SETTLE_DEAD_LETTERS)
         .bind(name)
         .bind(Xid8(position.transaction_id))
-        .bind(i64::try_from(position.global_position.get()).unwrap_or(i64::MAX))
+        .bind(position_column(position.global_position))
         .execute(&mut *tx)
         .await
         .map_err(db("settle the dead letters the rebuild applied"))?;
@@ -363,7 +363,7 @@ async fn count(
         .bind(filter.category_names())
         .bind(filter.event_types.as_deref())
         .bind(upto.map(|p| p.transaction_id.to_string()))
-        .bind(upto.map(|p| i64::try_from(p.global_position.get()).unwrap_or(i64::MAX)))
+        .bind(upto.map(|p| position_column(p.global_position)))
         .fetch_one(store.pool())
         .await
         .map_err(|e| ProjectionError::database(name, "count events", e))?;

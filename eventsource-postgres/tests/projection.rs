@@ -12,7 +12,7 @@ use eventsource_core::{
 };
 use eventsource_postgres::projection::{
     dead_letters, lag, rebuild, FailurePolicy, OnFailure, Projection, ProjectionError,
-    ProjectionRunner, RebuildOptions, RunnerOptions, RunnerState,
+    ProjectionRunner, RebuildOptions, RunnerOptions, RunnerState, RunnerStatus,
 };
 use eventsource_postgres::testing::TestDatabase;
 use eventsource_postgres::PostgresStore;
@@ -502,6 +502,42 @@ async fn poison_event_is_parked_and_replayed_once() {
         .is_empty());
 }
 
+/// A runner of a fresh `Tally` (batches of `batch_size`) running in its own task until
+/// `shutdown`.
+fn spawn_runner(
+    store: &PostgresStore,
+    batch_size: usize,
+    shutdown: CancellationToken,
+) -> (
+    Arc<ProjectionRunner<Tally>>,
+    tokio::task::JoinHandle<Result<(), ProjectionError>>,
+) {
+    let runner = Arc::new(
+        ProjectionRunner::new(store.clone(), Tally::default())
+            .with_options(quick_options(batch_size)),
+    );
+    let task = tokio::spawn({
+        let runner = runner.clone();
+        async move { runner.run(shutdown).await }
+    });
+    (runner, task)
+}
+
+/// Waits up to a minute for the runner's status to satisfy `done`; on timeout, fails saying
+/// `what` was expected and where the runner is.
+async fn wait_for_status(
+    runner: &ProjectionRunner<Tally>,
+    what: &str,
+    done: impl FnMut(&RunnerStatus) -> bool,
+) {
+    let mut status = runner.status();
+    let waited = tokio::time::timeout(Duration::from_secs(60), status.wait_for(done)).await;
+    match waited {
+        Ok(Ok(_)) => {}
+        _ => panic!("{what}: {:?}", *runner.status().borrow()),
+    }
+}
+
 /// Appends 10 events at a time from `first` on, until `writing` is cancelled, pausing between
 /// appends to leave a rebuild room to catch up on a loaded machine.
 fn keep_appending(
@@ -706,21 +742,11 @@ async fn runner_stops_on_errors_that_cannot_clear() {
     );
 
     append_many(&store, 2, 10, 0).await;
-    let runner = Arc::new(
-        ProjectionRunner::new(store.clone(), Tally::default()).with_options(quick_options(5)),
-    );
-    let task = tokio::spawn({
-        let runner = runner.clone();
-        async move { runner.run(CancellationToken::new()).await }
-    });
-    let mut status = runner.status();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        status.wait_for(|s| s.state == RunnerState::Live),
-    )
-    .await
-    .expect("the runner goes live")
-    .expect("status");
+    let (runner, task) = spawn_runner(&store, 5, CancellationToken::new());
+    wait_for_status(&runner, "the runner goes live", |s| {
+        s.state == RunnerState::Live
+    })
+    .await;
     store.close().await;
     let stopped = tokio::time::timeout(Duration::from_secs(60), task)
         .await
@@ -791,23 +817,13 @@ async fn rebuild_settles_the_dead_letters_it_applied() {
 async fn rebuild_beside_a_live_runner() {
     let (_db, store) = fresh().await;
     append_many(&store, 25, 500, 0).await;
-    let runner = Arc::new(
-        ProjectionRunner::new(store.clone(), Tally::default()).with_options(quick_options(50)),
-    );
     let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let (runner, shutdown) = (runner.clone(), shutdown.clone());
-        async move { runner.run(shutdown).await }
-    });
+    let (runner, running) = spawn_runner(&store, 50, shutdown.clone());
     let head = store.head_position().await.expect("head").expect("events");
-    let mut status = runner.status();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        status.wait_for(|s| s.state == RunnerState::Live && s.position >= head),
-    )
-    .await
-    .expect("the runner catches up")
-    .expect("status");
+    wait_for_status(&runner, "the runner catches up", |s| {
+        s.state == RunnerState::Live && s.position >= head
+    })
+    .await;
     corrupt_the_model(&store).await;
 
     let writing = CancellationToken::new();
@@ -829,18 +845,12 @@ async fn rebuild_beside_a_live_runner() {
     writer.await.expect("writer");
 
     let head = store.head_position().await.expect("head").expect("events");
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        status.wait_for(|s| s.position >= head),
+    wait_for_status(
+        &runner,
+        &format!("the runner follows the new events to {head}"),
+        |s| s.position >= head,
     )
-    .await
-    .unwrap_or_else(|_| {
-        panic!(
-            "the runner follows the new events: {:?}, head {head}",
-            *runner.status().borrow()
-        )
-    })
-    .expect("status");
+    .await;
     assert_eq!(model(&store).await, expected(&store, false).await);
     assert_eq!(
         runner.status().borrow().activations,
@@ -917,21 +927,11 @@ async fn swap_waits_out_a_long_reader() {
 async fn runner_stops_when_its_checkpoint_is_deleted() {
     let (_db, store) = fresh().await;
     append_many(&store, 2, 10, 0).await;
-    let runner = Arc::new(
-        ProjectionRunner::new(store.clone(), Tally::default()).with_options(quick_options(5)),
-    );
-    let task = tokio::spawn({
-        let runner = runner.clone();
-        async move { runner.run(CancellationToken::new()).await }
-    });
-    let mut status = runner.status();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        status.wait_for(|s| s.state == RunnerState::Live && s.events_applied == 10),
-    )
-    .await
-    .expect("live with every event applied")
-    .expect("status");
+    let (runner, task) = spawn_runner(&store, 5, CancellationToken::new());
+    wait_for_status(&runner, "live with every event applied", |s| {
+        s.state == RunnerState::Live && s.events_applied == 10
+    })
+    .await;
     sqlx::query("DELETE FROM eventsource.checkpoints WHERE name = 'tally'")
         .execute(store.pool())
         .await
@@ -959,22 +959,12 @@ async fn runner_stops_when_its_checkpoint_is_deleted() {
 async fn runner_continues_after_its_checkpoint_is_moved() {
     let (_db, store) = fresh().await;
     append_many(&store, 2, 10, 0).await;
-    let runner = Arc::new(
-        ProjectionRunner::new(store.clone(), Tally::default()).with_options(quick_options(5)),
-    );
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let (runner, shutdown) = (runner.clone(), shutdown.clone());
-        async move { runner.run(shutdown).await }
-    });
-    let mut status = runner.status();
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        status.wait_for(|s| s.state == RunnerState::Live && s.events_applied == 10),
-    )
-    .await
-    .expect("live")
-    .expect("status");
+    let (runner, task) = spawn_runner(&store, 5, shutdown.clone());
+    wait_for_status(&runner, "live", |s| {
+        s.state == RunnerState::Live && s.events_applied == 10
+    })
+    .await;
 
     // One event, and the checkpoint moved past it in the same transaction.
     let mut tx = store.pool().begin().await.expect("begin");
@@ -999,22 +989,16 @@ async fn runner_continues_after_its_checkpoint_is_moved() {
     .expect("move the checkpoint");
     tx.commit().await.expect("commit");
     // The runner meets the moved checkpoint with that event, then must see the next one.
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        status.wait_for(|s| s.position == moved_to),
-    )
-    .await
-    .expect("the runner takes the moved checkpoint")
-    .expect("status");
+    wait_for_status(&runner, "the runner takes the moved checkpoint", |s| {
+        s.position == moved_to
+    })
+    .await;
     append_many(&store, 2, 1, 200).await;
     let head = store.head_position().await.expect("head").expect("events");
-    tokio::time::timeout(
-        Duration::from_secs(60),
-        status.wait_for(|s| s.position >= head),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("the runner goes on: {:?}", *runner.status().borrow()))
-    .expect("status");
+    wait_for_status(&runner, &format!("the runner goes on to {head}"), |s| {
+        s.position >= head
+    })
+    .await;
     assert_eq!(
         runner.status().borrow().events_applied,
         11,

@@ -46,7 +46,8 @@ impl Notifier {
                 self.requests.get_or_init(|| start(&runtime, pool.clone()))
             }
         };
-        // Full: a request is waiting already. Closed: the task ended with the pool.
+        // Full: a request is waiting already. Closed: the task ended, with the pool or with
+        // the runtime it was started on (subscribers then rely on polling).
         let _ = requests.try_send(());
     }
 }

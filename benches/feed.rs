@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 use eventsource::postgres::testing::TestDatabase;
 use eventsource::postgres::PostgresStore;
 use eventsource::{
-    read_feed, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedPosition, NewEvent,
-    StreamId, Subscribe, Subscription, SubscriptionOptions,
+    read_feed, BatchSize, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedPosition,
+    NewEvent, StreamId, Subscribe, Subscription, SubscriptionOptions,
 };
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
@@ -315,11 +315,14 @@ async fn raw_insert_with(
 
 /// The whole feed through the framework, in batches of 1,000.
 async fn framework_read_all(store: &PostgresStore) -> Result<usize, BoxError> {
-    Ok(
-        read_feed(store, FeedPosition::START, 1000, FeedFilter::all())
-            .try_fold(0, |n, _| async move { Ok(n + 1) })
-            .await?,
+    Ok(read_feed(
+        store,
+        FeedPosition::START,
+        BatchSize::events(1000),
+        FeedFilter::all(),
     )
+    .try_fold(0, |n, _| async move { Ok(n + 1) })
+    .await?)
 }
 
 /// The columns the baseline decodes, in its table's order.
@@ -407,9 +410,14 @@ async fn delivery_latency(
 /// A subscription that has delivered everything appended so far.
 async fn caught_up_subscription(store: &PostgresStore) -> Result<Subscription, BoxError> {
     let mut subscription = store.subscribe(FeedPosition::START, SubscriptionOptions::default());
-    let head = read_feed(store, FeedPosition::START, 1000, FeedFilter::all())
-        .try_fold(FeedPosition::START, |_, e| async move { Ok(e.position) })
-        .await?;
+    let head = read_feed(
+        store,
+        FeedPosition::START,
+        BatchSize::events(1000),
+        FeedFilter::all(),
+    )
+    .try_fold(FeedPosition::START, |_, e| async move { Ok(e.position) })
+    .await?;
     while subscription.position() < head {
         subscription.next().await.ok_or("subscription ended")??;
     }

@@ -28,15 +28,29 @@ pub trait DomainEvent: Sized + Send + Sync + 'static {
     ) -> Result<Self, DecodeError>;
 }
 
-/// An event whose payload could not be turned into JSON.
+/// An event that could not be turned into a payload the store can keep and read back.
 #[derive(Debug, thiserror::Error)]
-#[error("event `{event_type}` could not be encoded as JSON: {source}; make its fields serializable (maps need string keys)")]
-pub struct EncodeError {
-    /// The event's type name.
-    pub event_type: &'static str,
-    /// What serde_json reported.
-    #[source]
-    pub source: serde_json::Error,
+pub enum EncodeError {
+    /// serde_json could not encode it.
+    #[error("event `{event_type}` could not be encoded as JSON: {source}; make its fields serializable (maps need string keys)")]
+    Json {
+        /// The event's type name.
+        event_type: &'static str,
+        /// What serde_json reported.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// It encodes to JSON that does not decode back into the event, so storing it would make
+    /// its stream unreadable. Seen with `f64` fields holding NaN or an infinity, which JSON
+    /// encodes as `null`.
+    #[error("event `{event_type}` encodes to JSON that does not decode back ({source}); nothing was stored. Check for NaN or infinite floats, or serde attributes that write what they cannot read")]
+    NotReadBack {
+        /// The event's type name.
+        event_type: &'static str,
+        /// Why the encoded payload does not decode.
+        #[source]
+        source: DecodeError,
+    },
 }
 
 /// A stored event that does not decode into the domain's event type.

@@ -102,6 +102,44 @@ pub enum ValidationError {
         /// The configured limit.
         limit: usize,
     },
+    /// A payload nested deeper than the store's configured limit.
+    #[error("the payload of event type `{event_type}` nests arrays and objects more than {limit} levels deep; flatten it (or raise Limits::max_json_depth, up to 1,000)")]
+    PayloadTooDeep {
+        /// The type name.
+        event_type: String,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// Metadata above the store's configured limit.
+    #[error("the metadata (correlation, causation, actor, headers) of an event of type `{event_type}` is {size} bytes; the limit is {limit} bytes (keep headers small, or raise Limits::max_metadata_bytes)")]
+    MetadataTooLarge {
+        /// The type name.
+        event_type: String,
+        /// Its encoded size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// An event type name above the store's configured limit.
+    #[error("event {index} of the append has a {len}-byte type name; the limit is {limit} bytes (use a short, stable name)")]
+    EventTypeTooLong {
+        /// Its index in the append.
+        index: usize,
+        /// Its length in bytes.
+        len: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// An append whose events together exceed the store's configured byte limit.
+    #[error("an append of {events} events carries more than {limit} bytes (at least {size_so_far}); split it into several appends, or raise Limits::max_append_bytes")]
+    AppendTooLarge {
+        /// Events in the append.
+        events: usize,
+        /// Bytes counted until the limit was passed.
+        size_so_far: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// A payload string holding U+0000, which PostgreSQL `jsonb` cannot store.
     #[error("the payload of event type `{event_type}` contains the character U+0000, which cannot be stored; remove it or encode binary data (base64)")]
     NulInPayload {
@@ -155,8 +193,8 @@ pub enum ValidationError {
         /// The refused text.
         input: String,
     },
-    /// A feed read with a batch size of 0.
-    #[error("a feed batch size must be at least 1")]
+    /// A feed read with a batch size of 0 events or 0 bytes.
+    #[error("a feed batch must allow at least 1 event and 1 byte")]
     ZeroBatchSize,
 }
 
@@ -209,6 +247,21 @@ pub enum StoreError {
         /// What was found.
         what: String,
     },
+    /// The storage backend could not be reached or failed in a way that may clear by itself: a
+    /// refused or lost connection, a server shutting down or restarting, a serialization failure
+    /// or a deadlock. Nothing tells whether a write that failed so was stored.
+    ///
+    /// Retrying is safe for reads, and for appends *with the same event ids* (an append stored
+    /// before the connection dropped is then recognised and not stored again):
+    /// [`Repository::execute`](crate::Repository::execute) does so by itself.
+    #[error("{operation} failed: {source}; the database may be restarting or unreachable: retry (appends with the same event ids)")]
+    Unavailable {
+        /// What the store was doing.
+        operation: String,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
     /// The storage backend failed.
     #[error("{operation} failed: {source}")]
     Backend {
@@ -226,6 +279,21 @@ impl StoreError {
         match self {
             Self::Conflict(c) => Some(c),
             _ => None,
+        }
+    }
+
+    /// Whether the failure may clear by itself ([`StoreError::Unavailable`]): a retry of the
+    /// same call may succeed. Conflicts are not transient in this sense: they need a new
+    /// decision.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+
+    /// Wraps a backend error that may clear by itself with what the store was doing.
+    pub fn unavailable(operation: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable {
+            operation: operation.into(),
+            source: source.into(),
         }
     }
 

@@ -43,16 +43,22 @@ impl NewEvent {
     }
 
     /// Encodes a domain event with a fresh UUID v7 id.
+    ///
+    /// The payload is decoded back once before it is accepted: an event whose encoding does not
+    /// read back (an `f64` holding NaN encodes as `null`) is refused with
+    /// [`EncodeError::NotReadBack`], so it never reaches a store where its stream would no
+    /// longer load.
     pub fn from_domain<E: DomainEvent>(
         event: &E,
         metadata: EventMetadata,
     ) -> Result<Self, EncodeError> {
-        Ok(Self::new(
-            event.event_type(),
-            event.schema_version(),
-            event.encode()?,
-            metadata,
-        ))
+        let event_type = event.event_type();
+        let schema_version = event.schema_version();
+        let payload = event.encode()?;
+        if let Err(source) = E::decode(event_type, schema_version, &payload) {
+            return Err(EncodeError::NotReadBack { event_type, source });
+        }
+        Ok(Self::new(event_type, schema_version, payload, metadata))
     }
 }
 

@@ -6,7 +6,7 @@ use futures::stream::BoxStream;
 use crate::error::StoreError;
 use crate::event::{NewEvent, RecordedEvent};
 use crate::expected_version::ExpectedVersion;
-use crate::feed::{FeedBatch, FeedFilter};
+use crate::feed::{BatchSize, FeedBatch, FeedFilter};
 use crate::position::FeedPosition;
 use crate::stream_id::StreamId;
 use crate::version::StreamVersion;
@@ -56,16 +56,18 @@ pub trait StreamReader: Send + Sync {
 /// Reads the global feed: every committed event exactly once, each stream in version order.
 #[async_trait]
 pub trait FeedReader: Send + Sync {
-    /// Reads one bounded batch of the feed after `after`: at most `limit` events are examined,
-    /// the ones that pass `filter` are returned, and [`FeedBatch::next`] tells where to continue
-    /// (past examined events the filter dropped, so a filtered reader keeps advancing).
+    /// Reads one bounded batch of the feed after `after`: at most `size.events` events are
+    /// examined, the ones that pass `filter` are returned up to `size.bytes` bytes of payload
+    /// and metadata (at least one), and [`FeedBatch::next`] tells where to continue (past
+    /// examined events the filter dropped, so a filtered reader keeps advancing).
     ///
     /// Only events whose place in the feed is final are returned: an event never appears later
-    /// at a position before one already returned.
+    /// at a position before one already returned. A size of 0 events or 0 bytes is refused with
+    /// [`ValidationError::ZeroBatchSize`](crate::ValidationError::ZeroBatchSize).
     async fn read_feed_batch(
         &self,
         after: FeedPosition,
-        limit: usize,
+        size: BatchSize,
         filter: &FeedFilter,
     ) -> Result<FeedBatch, StoreError>;
 }

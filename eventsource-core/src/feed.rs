@@ -81,6 +81,60 @@ impl FeedFilter {
     }
 }
 
+/// How much one read of the feed may return: a bound on the events it examines and on the
+/// bytes of event data it carries, so memory stays bounded whatever the events' sizes.
+///
+/// A read stops before the event that would take the payload and metadata bytes of the events
+/// it returns past `bytes`, but always returns at least one event (so an event larger than the
+/// budget is still delivered, alone).
+///
+/// ```
+/// use eventsource_core::BatchSize;
+/// let size = BatchSize::events(100).with_bytes(4 * 1024 * 1024);
+/// assert_eq!((size.events, size.bytes), (100, 4 * 1024 * 1024));
+/// assert_eq!(BatchSize::default().bytes, BatchSize::DEFAULT_BYTES);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSize {
+    /// The most events examined per read, including those the filter drops (default 500).
+    pub events: usize,
+    /// The most bytes of payloads and metadata returned per read (default 16 MiB).
+    pub bytes: usize,
+}
+
+impl BatchSize {
+    /// The default byte budget of a read: 16 MiB.
+    pub const DEFAULT_BYTES: usize = 16 * 1024 * 1024;
+
+    /// At most `events` events, and the default byte budget.
+    pub const fn events(events: usize) -> Self {
+        Self {
+            events,
+            bytes: Self::DEFAULT_BYTES,
+        }
+    }
+
+    /// The same bound with another byte budget.
+    pub const fn with_bytes(mut self, bytes: usize) -> Self {
+        self.bytes = bytes;
+        self
+    }
+
+    /// Refuses a bound that lets no event through.
+    pub fn check(self) -> Result<Self, crate::ValidationError> {
+        if self.events == 0 || self.bytes == 0 {
+            return Err(crate::ValidationError::ZeroBatchSize);
+        }
+        Ok(self)
+    }
+}
+
+impl Default for BatchSize {
+    fn default() -> Self {
+        Self::events(500)
+    }
+}
+
 /// One bounded read of the feed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedBatch {
@@ -89,8 +143,8 @@ pub struct FeedBatch {
     /// Where the next read continues: after the last event examined, whether or not it passed
     /// the filter. Equal to the read's start when nothing new was final.
     pub next: FeedPosition,
-    /// `true` when the read examined fewer events than its limit: the reader has reached the
-    /// events whose place is final for now.
+    /// `true` when the read examined fewer events than its limit (and was not cut short by its
+    /// byte budget): the reader has reached the events whose place is final for now.
     pub reached_head: bool,
 }
 
@@ -102,7 +156,7 @@ pub struct FeedBatch {
 pub fn read_feed<'a, S: FeedReader + ?Sized>(
     store: &'a S,
     after: FeedPosition,
-    batch_size: usize,
+    batch_size: BatchSize,
     filter: FeedFilter,
 ) -> EventStream<'a> {
     struct State {

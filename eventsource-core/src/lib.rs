@@ -21,6 +21,7 @@ pub mod event_store;
 pub mod expected_version;
 pub mod feed;
 pub mod idempotency;
+pub mod json_nesting;
 pub mod limits;
 pub mod memory_store;
 pub mod metadata;
@@ -44,16 +45,19 @@ pub use event_store::{
     AppendResult, EventAppender, EventStore, EventStream, FeedReader, StreamReader,
 };
 pub use expected_version::ExpectedVersion;
-pub use feed::{read_feed, FeedBatch, FeedFilter};
+pub use feed::{read_feed, BatchSize, FeedBatch, FeedFilter};
 pub use idempotency::{replayed_append, StoredEventLocation};
 pub use limits::Limits;
 pub use memory_store::InMemoryStore;
 pub use metadata::EventMetadata;
 pub use position::{FeedPosition, GlobalPosition};
-pub use repository::{CommandError, Executed, Loaded, Repository};
+pub use repository::{AppendedEvent, CommandError, Executed, Loaded, Repository};
 pub use retry_policy::RetryPolicy;
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use snapshot_policy::SnapshotPolicy;
 pub use stream_id::{Category, StreamId};
-pub use subscription::{FeedHoldup, Subscribe, Subscription, SubscriptionOptions, WakeSignal};
+pub use subscription::{
+    FeedHoldup, Outage, Subscribe, Subscription, SubscriptionOptions, SubscriptionStatus,
+    WakeSignal,
+};
 pub use version::StreamVersion;

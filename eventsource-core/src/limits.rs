@@ -5,16 +5,37 @@ use std::collections::HashSet;
 use crate::error::ValidationError;
 use crate::event::NewEvent;
 use crate::expected_version::ExpectedVersion;
+use crate::json_nesting::{self, MAX_READ_DEPTH};
 use crate::stream_id::StreamId;
 
 /// Size limits a store enforces on appends. Both stores refuse input past them with a typed
-/// [`ValidationError`] before touching storage.
+/// [`ValidationError`] before touching storage, so a store never holds what its readers cannot
+/// read back.
+///
+/// ```
+/// use eventsource_core::Limits;
+/// let limits = Limits::default().with_max_payload_bytes(256 * 1024).with_max_json_depth(32);
+/// assert_eq!(limits.max_payload_bytes, 256 * 1024);
+/// assert_eq!(limits.max_append_bytes, 32 * 1024 * 1024);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// The largest encoded JSON payload of one event, in bytes (default 1 MiB).
     pub max_payload_bytes: usize,
     /// The most events one append may carry (default 10,000).
     pub max_events_per_append: usize,
+    /// The deepest nesting of arrays and objects in a payload (default 64; at most
+    /// [`MAX_READ_DEPTH`], the deepest a reader accepts).
+    pub max_json_depth: usize,
+    /// The largest encoded metadata (correlation, causation, actor, headers) of one event, in
+    /// bytes (default 64 KiB).
+    pub max_metadata_bytes: usize,
+    /// The longest event type name, in bytes (default 256).
+    pub max_event_type_bytes: usize,
+    /// The most bytes one append may carry: payloads, metadata and type names together
+    /// (default 32 MiB).
+    pub max_append_bytes: usize,
 }
 
 impl Default for Limits {
@@ -22,7 +43,49 @@ impl Default for Limits {
         Self {
             max_payload_bytes: 1024 * 1024,
             max_events_per_append: 10_000,
+            max_json_depth: 64,
+            max_metadata_bytes: 64 * 1024,
+            max_event_type_bytes: 256,
+            max_append_bytes: 32 * 1024 * 1024,
         }
+    }
+}
+
+impl Limits {
+    /// The same limits with another payload size limit.
+    pub fn with_max_payload_bytes(mut self, bytes: usize) -> Self {
+        self.max_payload_bytes = bytes;
+        self
+    }
+
+    /// The same limits with another event count limit per append.
+    pub fn with_max_events_per_append(mut self, events: usize) -> Self {
+        self.max_events_per_append = events;
+        self
+    }
+
+    /// The same limits with another payload nesting limit (lowered to [`MAX_READ_DEPTH`]).
+    pub fn with_max_json_depth(mut self, depth: usize) -> Self {
+        self.max_json_depth = depth;
+        self
+    }
+
+    /// The same limits with another metadata size limit.
+    pub fn with_max_metadata_bytes(mut self, bytes: usize) -> Self {
+        self.max_metadata_bytes = bytes;
+        self
+    }
+
+    /// The same limits with another type name length limit.
+    pub fn with_max_event_type_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_type_bytes = bytes;
+        self
+    }
+
+    /// The same limits with another size limit for a whole append.
+    pub fn with_max_append_bytes(mut self, bytes: usize) -> Self {
+        self.max_append_bytes = bytes;
+        self
     }
 }
 
@@ -40,10 +103,14 @@ pub struct EncodedEvent<'a> {
 impl Limits {
     /// Checks an append and encodes its events. Every store calls this first.
     ///
-    /// Refuses: more events than allowed, an empty type name, a schema version outside
-    /// `1..=i32::MAX`, a payload over the limit, an event id given twice, U+0000 in a type name,
-    /// actor, header or payload string, and an exact expected version that the events would
-    /// push past the version range.
+    /// Refuses: more events than allowed, an empty or overlong type name, a schema version
+    /// outside `1..=i32::MAX`, a payload nested too deep or over the size limit, metadata over
+    /// its limit, an append over its byte limit, an event id given twice, U+0000 in a type
+    /// name, actor, header or payload string, and an exact expected version that the events
+    /// would push past the version range.
+    ///
+    /// The payload's depth is measured first, without recursion: the checks after it walk the
+    /// payload recursively, which is only safe once its depth is bounded.
     pub fn check_append<'a>(
         &self,
         stream: &StreamId,
@@ -65,11 +132,20 @@ impl Limits {
                 });
             }
         }
+        let max_depth = self.max_json_depth.min(MAX_READ_DEPTH);
+        let mut append_bytes = 0usize;
         let mut ids = HashSet::with_capacity(events.len());
         let mut encoded = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
             if event.event_type.is_empty() {
                 return Err(ValidationError::EmptyEventType { index });
+            }
+            if event.event_type.len() > self.max_event_type_bytes {
+                return Err(ValidationError::EventTypeTooLong {
+                    index,
+                    len: event.event_type.len(),
+                    limit: self.max_event_type_bytes,
+                });
             }
             if event.schema_version == 0 || i32::try_from(event.schema_version).is_err() {
                 return Err(ValidationError::SchemaVersionOutOfRange {
@@ -102,7 +178,14 @@ impl Limits {
                     field,
                 });
             }
-            if contains_nul(&event.payload) {
+            let shape = json_nesting::inspect(&event.payload, max_depth);
+            if shape.depth > max_depth {
+                return Err(ValidationError::PayloadTooDeep {
+                    event_type: event.event_type.clone(),
+                    limit: max_depth,
+                });
+            }
+            if shape.has_nul {
                 return Err(ValidationError::NulInPayload {
                     event_type: event.event_type.clone(),
                 });
@@ -122,6 +205,24 @@ impl Limits {
                     reason: e.to_string(),
                 }
             })?;
+            if metadata_json.len() > self.max_metadata_bytes {
+                return Err(ValidationError::MetadataTooLarge {
+                    event_type: event.event_type.clone(),
+                    size: metadata_json.len(),
+                    limit: self.max_metadata_bytes,
+                });
+            }
+            append_bytes = append_bytes
+                .saturating_add(payload_json.len())
+                .saturating_add(metadata_json.len())
+                .saturating_add(event.event_type.len());
+            if append_bytes > self.max_append_bytes {
+                return Err(ValidationError::AppendTooLarge {
+                    events: events.len(),
+                    size_so_far: append_bytes,
+                    limit: self.max_append_bytes,
+                });
+            }
             encoded.push(EncodedEvent {
                 event,
                 payload_json,
@@ -129,16 +230,5 @@ impl Limits {
             });
         }
         Ok(encoded)
-    }
-}
-
-/// Whether any string or key in `value` holds U+0000, which PostgreSQL `jsonb` cannot store.
-fn contains_nul(value: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(contains_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }

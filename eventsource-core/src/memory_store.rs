@@ -12,7 +12,7 @@ use crate::error::{Conflict, StoreError, ValidationError};
 use crate::event::{NewEvent, RecordedEvent};
 use crate::event_store::{AppendResult, EventAppender, EventStream, FeedReader, StreamReader};
 use crate::expected_version::ExpectedVersion;
-use crate::feed::{FeedBatch, FeedFilter};
+use crate::feed::{BatchSize, FeedBatch, FeedFilter};
 use crate::idempotency::{replayed_append, StoredEventLocation};
 use crate::limits::Limits;
 use crate::position::FeedPosition;
@@ -41,6 +41,9 @@ struct Shared {
 struct State {
     /// Every event in feed order.
     events: Vec<RecordedEvent>,
+    /// The bytes of each event's encoded payload and metadata (same indexes as `events`), for
+    /// feed reads bounded by bytes.
+    sizes: Vec<usize>,
     /// Indexes into `events`, per stream, in version order.
     streams: HashMap<StreamId, Vec<usize>>,
     /// Index into `events` of each stored event id.
@@ -107,7 +110,13 @@ impl EventAppender for InMemoryStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
-        self.inner.limits.check_append(stream, expected, &events)?;
+        let sizes: Vec<usize> = self
+            .inner
+            .limits
+            .check_append(stream, expected, &events)?
+            .iter()
+            .map(|e| e.payload_json.len() + e.metadata_json.len())
+            .collect();
         let mut state = self.state();
         if events
             .iter()
@@ -157,7 +166,7 @@ impl EventAppender for InMemoryStore {
         let recorded_at = Utc::now();
         let mut positions = Vec::with_capacity(events.len());
         let mut version = current;
-        for event in events {
+        for (event, size) in events.into_iter().zip(sizes) {
             // Bounded by the overflow check above.
             version = version.next().unwrap_or(StreamVersion::MAX);
             let index = state.events.len();
@@ -173,6 +182,7 @@ impl EventAppender for InMemoryStore {
                 metadata: event.metadata,
                 recorded_at,
             });
+            state.sizes.push(size);
             state.event_ids.insert(event.event_id, index);
             state.streams.entry(stream.clone()).or_default().push(index);
             positions.push(position);
@@ -212,24 +222,35 @@ impl FeedReader for InMemoryStore {
     async fn read_feed_batch(
         &self,
         after: FeedPosition,
-        limit: usize,
+        size: BatchSize,
         filter: &FeedFilter,
     ) -> Result<FeedBatch, StoreError> {
-        if limit == 0 {
-            return Err(ValidationError::ZeroBatchSize.into());
-        }
+        let size = size.check()?;
         let state = self.state();
         let start = state.events.partition_point(|e| e.position <= after);
-        let window = &state.events[start..state.events.len().min(start.saturating_add(limit))];
-        Ok(FeedBatch {
-            events: window
-                .iter()
-                .filter(|e| filter.matches(e))
-                .cloned()
-                .collect(),
-            next: window.last().map_or(after, |e| e.position),
-            reached_head: window.len() < limit,
-        })
+        let end = state.events.len().min(start.saturating_add(size.events));
+        let mut batch = FeedBatch {
+            events: Vec::new(),
+            next: after,
+            reached_head: end - start < size.events,
+        };
+        let mut bytes = 0usize;
+        for (event, &event_bytes) in state.events[start..end]
+            .iter()
+            .zip(&state.sizes[start..end])
+        {
+            if filter.matches(event) {
+                bytes = bytes.saturating_add(event_bytes);
+                if bytes > size.bytes && !batch.events.is_empty() {
+                    // Past the byte budget: the next read starts with this event.
+                    batch.reached_head = false;
+                    break;
+                }
+                batch.events.push(event.clone());
+            }
+            batch.next = event.position;
+        }
+        Ok(batch)
     }
 }
 

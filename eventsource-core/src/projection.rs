@@ -7,7 +7,7 @@ use futures::TryStreamExt;
 use crate::error::{BoxError, StoreError};
 use crate::event::RecordedEvent;
 use crate::event_store::FeedReader;
-use crate::feed::{read_feed, FeedFilter};
+use crate::feed::{read_feed, BatchSize, FeedFilter};
 use crate::position::FeedPosition;
 
 /// A read model kept in memory, fed one event at a time.
@@ -81,7 +81,7 @@ where
     S: FeedReader + ?Sized,
     P: InMemoryProjection + ?Sized,
 {
-    let mut events = read_feed(store, after, 500, projection.filter());
+    let mut events = read_feed(store, after, BatchSize::default(), projection.filter());
     let mut position = after;
     while let Some(event) = events.try_next().await? {
         projection

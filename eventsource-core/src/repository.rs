@@ -2,6 +2,7 @@
 //! and retry on conflicts.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::TryStreamExt;
 use serde::de::DeserializeOwned;
@@ -12,13 +13,15 @@ use crate::command_context::CommandContext;
 use crate::domain_event::EncodeError;
 use crate::error::{Conflict, StoreError, ValidationError};
 use crate::event::NewEvent;
-use crate::event_store::{EventAppender, StreamReader};
+use crate::event_store::{AppendResult, EventAppender, StreamReader};
 use crate::expected_version::ExpectedVersion;
+use crate::position::FeedPosition;
 use crate::retry_policy::RetryPolicy;
 use crate::snapshot::{SnapshotStore, Snapshotting};
 use crate::snapshot_policy::SnapshotPolicy;
 use crate::stream_id::StreamId;
 use crate::version::StreamVersion;
+use uuid::Uuid;
 
 /// An aggregate folded from its stream, with the version it was folded up to.
 #[derive(Debug, Clone)]
@@ -29,6 +32,18 @@ pub struct Loaded<A> {
     pub state: A,
     /// The version of the last event folded (`INITIAL` for a new aggregate).
     pub version: StreamVersion,
+}
+
+/// Where an event a command produced was stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendedEvent {
+    /// The event's id.
+    pub event_id: Uuid,
+    /// Its version in the stream.
+    pub version: StreamVersion,
+    /// Its place in the global feed: wait for a subscription or a projection to pass it to
+    /// read your own write.
+    pub position: FeedPosition,
 }
 
 /// A command that was carried out.
@@ -42,6 +57,9 @@ pub struct Executed<A: Aggregate> {
     pub state: A,
     /// The stream's version after the append.
     pub version: StreamVersion,
+    /// The stored events, in order, with their ids, versions and feed positions (empty when
+    /// the command produced none).
+    pub appended: Vec<AppendedEvent>,
     /// Attempts it took (1 when no concurrent writer got in the way).
     pub attempts: u32,
     /// The conflicts met on the way, one per retry.
@@ -90,6 +108,7 @@ pub struct Repository<A: Aggregate, S> {
     store: S,
     services: A::Services,
     retry: RetryPolicy,
+    outage_retry: RetryPolicy,
     snapshots: Option<Snapshotting<A>>,
 }
 
@@ -110,13 +129,21 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
             store,
             services,
             retry: RetryPolicy::default(),
+            outage_retry: OUTAGE_RETRY,
             snapshots: None,
         }
     }
 
-    /// Replaces the retry policy.
+    /// Replaces the retry policy for concurrency conflicts.
     pub fn with_retry_policy(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Replaces the retry policy for appends that fail with a transient error
+    /// ([`StoreError::is_transient`]); the default makes 4 attempts over about 3 s.
+    pub fn with_outage_retry_policy(mut self, retry: RetryPolicy) -> Self {
+        self.outage_retry = retry;
         self
     }
 
@@ -197,6 +224,7 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
                     events,
                     state: loaded.state,
                     version: loaded.version,
+                    appended: Vec::new(),
                     attempts,
                     conflicts,
                 });
@@ -207,11 +235,11 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
                 .map(|e| NewEvent::from_domain(e, metadata.clone()))
                 .collect::<Result<Vec<_>, _>>()?;
             match self
-                .store
                 .append(stream, ExpectedVersion::Exact(loaded.version), new_events)
                 .await
             {
-                Ok(result) => {
+                Ok((result, ids)) => {
+                    let appended = appended_events(&ids, &result);
                     for event in &events {
                         loaded.state.apply(event);
                     }
@@ -230,6 +258,7 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
                         events,
                         state: loaded.state,
                         version: result.stream_version,
+                        appended,
                         attempts,
                         conflicts,
                     });
@@ -251,6 +280,31 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
         }
     }
 
+    /// Appends `events`; when the store fails with a transient error, appends the very same
+    /// events (same ids) again under the outage retry policy. An append whose reply was lost
+    /// after it was stored is then recognised by its event ids and not stored twice, and one
+    /// that was not stored is stored now. Returns the result and the appended ids.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<(AppendResult, Vec<Uuid>), StoreError> {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.store.append(stream, expected, events.clone()).await {
+                Ok(result) => return Ok((result, ids)),
+                Err(error) if error.is_transient() && attempts < self.outage_retry.max_attempts => {
+                    tracing::warn!(%stream, attempts, %error, "append failed transiently; appending the same events again");
+                    tokio::time::sleep(self.outage_retry.delay_after(attempts)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
     fn check_category(&self, stream: &StreamId) -> Result<(), ValidationError> {
         if stream.category().as_str() != A::CATEGORY {
             return Err(ValidationError::WrongCategory {
@@ -260,6 +314,34 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
         }
         Ok(())
     }
+}
+
+/// How the repository retries an append that failed with a transient error: 4 attempts,
+/// waits of up to 0.25, 0.5 and 1 s (jittered), long enough for a connection to be replaced and
+/// short enough for a caller waiting on the command.
+const OUTAGE_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 4,
+    base_delay: Duration::from_millis(250),
+    max_delay: Duration::from_secs(1),
+};
+
+/// The stored events of an append: `ids` in order, at the versions ending at
+/// `result.stream_version`, with the positions the store reported.
+fn appended_events(ids: &[Uuid], result: &AppendResult) -> Vec<AppendedEvent> {
+    let first = result
+        .stream_version
+        .get()
+        .saturating_sub(ids.len() as u64)
+        .saturating_add(1);
+    ids.iter()
+        .zip(&result.positions)
+        .zip(first..)
+        .map(|((&event_id, &position), version)| AppendedEvent {
+            event_id,
+            version: StreamVersion::new(version).unwrap_or(result.stream_version),
+            position,
+        })
+        .collect()
 }
 
 impl<A, S> Repository<A, S>

@@ -12,7 +12,7 @@ use futures::stream::{self, BoxStream, Stream, StreamExt};
 use crate::error::StoreError;
 use crate::event::RecordedEvent;
 use crate::event_store::FeedReader;
-use crate::feed::FeedFilter;
+use crate::feed::{BatchSize, FeedFilter};
 use crate::position::FeedPosition;
 
 /// Changes whenever new events may have become readable (a counter of wake-ups).
@@ -74,11 +74,17 @@ pub trait Subscribe: FeedReader + Clone + Sized + 'static {
 
     /// Subscribes to the feed after `after` (use [`FeedPosition::START`] for all of it).
     ///
-    /// The subscription first catches up in batches of `options.batch_size`, then follows new
-    /// events as they become readable, woken by [`Subscribe::wake_signal`] and polling every
-    /// `options.poll_interval` as a fallback. It delivers every committed event after `after`
-    /// that passes the filter exactly once, each stream's events in version order. It ends
-    /// only with an error.
+    /// The subscription first catches up in batches of `options.batch_size` events and at most
+    /// `options.max_batch_bytes` bytes, then follows new events as they become readable, woken
+    /// by [`Subscribe::wake_signal`] and polling every `options.poll_interval` as a fallback. It
+    /// delivers every committed event after `after` that passes the filter exactly once, each
+    /// stream's events in version order.
+    ///
+    /// It rides out transient failures ([`StoreError::is_transient`]: a lost connection, a
+    /// server restart): it logs the outage, retries with backoff (up to
+    /// `options.max_reconnect_delay` apart) and resumes from its position;
+    /// [`Subscription::status`] reports the outage meanwhile. It ends only with an error that
+    /// cannot clear by itself (corrupt data, a restored database, a closed store).
     fn subscribe(&self, after: FeedPosition, options: SubscriptionOptions) -> Subscription {
         Subscription::new(self.clone(), after, options)
     }
@@ -89,18 +95,25 @@ pub trait Subscribe: FeedReader + Clone + Sized + 'static {
 pub struct SubscriptionOptions {
     /// Events examined per read (default 500).
     pub batch_size: usize,
+    /// Bytes of payloads and metadata per read (default 16 MiB; always at least one event).
+    pub max_batch_bytes: usize,
     /// Which events to deliver (default: all).
     pub filter: FeedFilter,
     /// How often to re-read when no wake-up comes (default 1 s).
     pub poll_interval: Duration,
     /// After how long a holdup is logged at warn level (default 30 s).
     pub holdup_warning_after: Duration,
+    /// The longest wait between two reads while the store is unavailable (default 2 s; the
+    /// first retry comes after 50 ms, and each wait doubles).
+    pub max_reconnect_delay: Duration,
 }
 
 impl Default for SubscriptionOptions {
     fn default() -> Self {
         Self {
             batch_size: 500,
+            max_batch_bytes: BatchSize::DEFAULT_BYTES,
+            max_reconnect_delay: Duration::from_secs(2),
             filter: FeedFilter::all(),
             poll_interval: Duration::from_secs(1),
             holdup_warning_after: Duration::from_secs(30),
@@ -119,6 +132,17 @@ impl SubscriptionOptions {
     pub fn with_batch_size(mut self, batch_size: usize) -> Self {
         self.batch_size = batch_size;
         self
+    }
+
+    /// The same options with another byte budget per read.
+    pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = bytes;
+        self
+    }
+
+    /// The bound of one read.
+    pub fn batch(&self) -> BatchSize {
+        BatchSize::events(self.batch_size).with_bytes(self.max_batch_bytes)
     }
 
     /// The same options with another poll interval.
@@ -141,12 +165,35 @@ impl SubscriptionOptions {
 pub struct Subscription {
     events: BoxStream<'static, Result<RecordedEvent, StoreError>>,
     position: Arc<Mutex<FeedPosition>>,
+    status: Arc<Mutex<SubscriptionStatus>>,
+}
+
+/// How a subscription's reads are going; see [`Subscription::status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubscriptionStatus {
+    /// The store is unavailable: reads have failed since then, and are being retried.
+    pub outage: Option<Outage>,
+    /// Outages the subscription rode out so far.
+    pub outages_recovered: u64,
+}
+
+/// Reads failing with transient errors, retried with backoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outage {
+    /// When the first read failed.
+    pub since: Instant,
+    /// Failed reads so far.
+    pub failed_reads: u32,
+    /// The last error.
+    pub last_error: String,
 }
 
 impl Subscription {
     fn new<S: Subscribe>(store: S, after: FeedPosition, options: SubscriptionOptions) -> Self {
         let position = Arc::new(Mutex::new(after));
+        let status = Arc::new(Mutex::new(SubscriptionStatus::default()));
         let follower = Follower {
+            status: status.clone(),
             wake: store.wake_signal(),
             store,
             after,
@@ -165,6 +212,7 @@ impl Subscription {
         Self {
             events: events.boxed(),
             position,
+            status,
         }
     }
 
@@ -174,6 +222,15 @@ impl Subscription {
             .position
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether reads are failing right now (an outage the subscription is riding out), and how
+    /// many outages it recovered from.
+    pub fn status(&self) -> SubscriptionStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
@@ -198,6 +255,8 @@ struct Follower<S> {
     batch_next: FeedPosition,
     /// Shared with [`Subscription::position`].
     position: Arc<Mutex<FeedPosition>>,
+    /// Shared with [`Subscription::status`].
+    status: Arc<Mutex<SubscriptionStatus>>,
     stalled_since: Option<Instant>,
     last_holdup_check: Option<Instant>,
     warned: bool,
@@ -226,10 +285,22 @@ impl<S: Subscribe> Follower<S> {
             // Mark wake-ups seen *before* reading: one that arrives during the read makes the
             // wait below return at once.
             self.wake.borrow_and_update();
-            let batch = self
+            let read = self
                 .store
-                .read_feed_batch(self.after, self.options.batch_size, &self.options.filter)
-                .await?;
+                .read_feed_batch(self.after, self.options.batch(), &self.options.filter)
+                .await;
+            let batch = match read {
+                Ok(batch) => {
+                    self.recovered();
+                    batch
+                }
+                Err(error) if error.is_transient() => {
+                    let delay = self.failed(&error);
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
             self.after = batch.next;
             self.batch_next = batch.next;
             if batch.events.is_empty() {
@@ -255,6 +326,45 @@ impl<S: Subscribe> Follower<S> {
                 }
                 () = &mut poll => {}
             }
+        }
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, SubscriptionStatus> {
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records a transient failure of a read; returns how long to wait before the next one
+    /// (50 ms, doubling up to `max_reconnect_delay`).
+    fn failed(&self, error: &StoreError) -> Duration {
+        let mut status = self.status();
+        let outage = status.outage.get_or_insert_with(|| Outage {
+            since: Instant::now(),
+            failed_reads: 0,
+            last_error: String::new(),
+        });
+        outage.failed_reads = outage.failed_reads.saturating_add(1);
+        outage.last_error = error.to_string();
+        let failed_reads = outage.failed_reads;
+        if failed_reads == 1 || failed_reads % 20 == 0 {
+            tracing::warn!(%error, failed_reads, "the subscription cannot read the feed; retrying from its position");
+        }
+        Duration::from_millis(50)
+            .saturating_mul(1 << failed_reads.saturating_sub(1).min(16))
+            .min(self.options.max_reconnect_delay)
+    }
+
+    /// Ends an outage, if there was one.
+    fn recovered(&self) {
+        let mut status = self.status();
+        if let Some(outage) = status.outage.take() {
+            status.outages_recovered += 1;
+            tracing::info!(
+                failed_reads = outage.failed_reads,
+                "the subscription reads the feed again after {:?}",
+                outage.since.elapsed()
+            );
         }
     }
 

@@ -92,7 +92,7 @@ pub(crate) fn expand(model: &EventEnum) -> TokenStream {
                         match self {
                             #(#encode_arms)*
                         };
-                    __eventsource_encoded.map_err(|__eventsource_source| #krate::EncodeError {
+                    __eventsource_encoded.map_err(|__eventsource_source| #krate::EncodeError::Json {
                         event_type: <Self as #krate::DomainEvent>::event_type(self),
                         source: __eventsource_source,
                     })

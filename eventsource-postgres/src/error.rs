@@ -32,9 +32,39 @@ pub(crate) fn unique_violation(error: &sqlx::Error) -> Option<&str> {
     db.constraint()
 }
 
-/// Wraps a driver error with what the store was doing.
+/// Wraps a driver error with what the store was doing: [`StoreError::Unavailable`] when it may
+/// clear by itself (see [`is_transient`]), else [`StoreError::Backend`].
 pub(crate) fn backend(operation: impl Into<String>, error: sqlx::Error) -> StoreError {
-    StoreError::backend(operation, error)
+    if is_transient(&error) {
+        StoreError::unavailable(operation, error)
+    } else {
+        StoreError::backend(operation, error)
+    }
+}
+
+/// Whether a driver error may clear by itself, so that the same call can be tried again:
+/// - the connection failed or was lost (I/O, TLS, a pool that found no connection in time);
+/// - SQLSTATE class 08 (connection exception);
+/// - 57P01/57P02/57P03: the server is shutting down, crashed, or is still starting;
+/// - 53300: too many connections;
+/// - 40001/40P01: a serialization failure or a deadlock (the transaction was rolled back).
+///
+/// A closed pool is not transient: the store was closed on purpose.
+pub(crate) fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08")
+                || matches!(
+                    code.as_ref(),
+                    "57P01" | "57P02" | "57P03" | "53300" | "40001" | "40P01"
+                )
+        }),
+        _ => false,
+    }
 }
 
 /// Reports stored data that cannot be what the schema promises.

@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use eventsource_core::{
-    FeedBatch, FeedFilter, FeedPosition, FeedReader, RecordedEvent, StoreError, ValidationError,
+    BatchSize, FeedBatch, FeedFilter, FeedPosition, FeedReader, RecordedEvent, StoreError,
+    ValidationError,
 };
 use futures::TryStreamExt;
 use sqlx::postgres::PgRow;
@@ -23,16 +24,20 @@ impl FeedReader for PostgresStore {
     /// [`PostgresStore::append`](eventsource_core::EventAppender::append)): then a transaction
     /// that appends after another committed has a larger id, so each stream's versions appear in
     /// order. Relies on the query returning one row per examined event, in feed order: the batch
-    /// continues after the last row and reaches the head when fewer than `limit` came back.
+    /// continues after the last row it keeps and reaches the head when fewer than `size.events`
+    /// came back and none was left for the byte budget.
+    ///
+    /// The byte budget is kept twice: the query marks the rows past it by stored sizes and sends
+    /// no data for them, and this reader counts the bytes it receives and stops before the
+    /// event that would pass the budget (stored sizes of compressed payloads understate what
+    /// arrives). Rows after the stop are drained without being decoded.
     async fn read_feed_batch(
         &self,
         after: FeedPosition,
-        limit: usize,
+        size: BatchSize,
         filter: &FeedFilter,
     ) -> Result<FeedBatch, StoreError> {
-        if limit == 0 {
-            return Err(ValidationError::ZeroBatchSize.into());
-        }
+        let size = size.check()?;
         self.check_transaction_ids(None).await?;
         let categories: Option<Vec<&str>> = filter
             .categories
@@ -46,25 +51,41 @@ impl FeedReader for PostgresStore {
         let mut rows = sqlx::query(READ_FEED)
             .bind(Xid8(after.transaction_id))
             .bind(after_position)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(i64::try_from(size.events).unwrap_or(i64::MAX))
             .bind(categories)
             .bind(filter.event_types.as_deref())
+            .bind(i64::try_from(size.bytes).unwrap_or(i64::MAX))
             .fetch(&self.pool);
         let failed = |e| backend(format!("read the feed after {after}"), e);
         // Rows are decoded as they arrive, while the server still sends the rest.
-        let mut decoder: Option<(EventColumns, usize)> = None;
+        let mut decoder: Option<(EventColumns, usize, usize)> = None;
         let mut events: Vec<RecordedEvent> = Vec::new();
         let mut examined = 0;
+        let mut bytes = 0usize;
+        let mut stopped = false;
         let mut last = None;
         while let Some(row) = rows.try_next().await.map_err(failed)? {
-            let (columns, wanted) = match decoder {
+            if stopped {
+                continue;
+            }
+            let (columns, wanted, cut) = match decoder {
                 Some(decoder) => decoder,
-                None => *decoder.insert((EventColumns::of(&row)?, wanted_column(&row)?)),
+                None => *decoder.insert((
+                    EventColumns::of(&row)?,
+                    flag_column(&row, "wanted")?,
+                    flag_column(&row, "cut")?,
+                )),
             };
-            let is_wanted: bool = row
-                .try_get(wanted)
-                .map_err(|e| corrupt(format!("column `wanted` of the feed query: {e}")))?;
-            if is_wanted {
+            if flag(&row, cut, "cut")? {
+                stopped = true;
+                continue;
+            }
+            if flag(&row, wanted, "wanted")? {
+                bytes = bytes.saturating_add(columns.data_bytes(&row));
+                if bytes > size.bytes && !events.is_empty() {
+                    stopped = true;
+                    continue;
+                }
                 let previous = events.last().map(|e| &e.stream_id);
                 events.push(columns.decode(&row, previous)?);
             }
@@ -78,14 +99,20 @@ impl FeedReader for PostgresStore {
         Ok(FeedBatch {
             events,
             next,
-            reached_head: examined < limit,
+            reached_head: !stopped && examined < size.events,
         })
     }
 }
 
-/// Where the feed query's `wanted` flag is in its rows.
-fn wanted_column(row: &PgRow) -> Result<usize, StoreError> {
-    row.try_column("wanted")
+/// Where the feed query's flag `name` is in its rows.
+fn flag_column(row: &PgRow, name: &str) -> Result<usize, StoreError> {
+    row.try_column(name)
         .map(|c| c.ordinal())
-        .map_err(|e| corrupt(format!("column `wanted` of the feed query: {e}")))
+        .map_err(|e| corrupt(format!("column `{name}` of the feed query: {e}")))
+}
+
+/// Reads the flag `name` at `index`.
+fn flag(row: &PgRow, index: usize, name: &str) -> Result<bool, StoreError> {
+    row.try_get(index)
+        .map_err(|e| corrupt(format!("column `{name}` of the feed query: {e}")))
 }

@@ -1,13 +1,13 @@
 //! Decoding event rows into [`RecordedEvent`]s, with checked conversions at the boundary.
 
 use chrono::{DateTime, Utc};
+use eventsource_core::json_nesting;
 use eventsource_core::{
     EventMetadata, FeedPosition, GlobalPosition, RecordedEvent, StoreError, StreamId, StreamVersion,
 };
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgRow, PgTypeInfo, PgValueFormat, PgValueRef};
-use sqlx::types::Json;
 use sqlx::{Column, Postgres, Row, ValueRef};
 use uuid::Uuid;
 
@@ -161,6 +161,12 @@ impl EventColumns {
         )
     }
 
+    /// The bytes of one row's payload and metadata as received: what a batch bounded by bytes
+    /// counts.
+    pub(crate) fn data_bytes(&self, row: &PgRow) -> usize {
+        raw_len(row, self.payload) + raw_len(row, self.metadata)
+    }
+
     /// Decodes one row of the result these columns were found in.
     ///
     /// `previous` is the stream of an event decoded before (from the same database): when this
@@ -188,9 +194,13 @@ impl EventColumns {
                 "schema version {schema_version} at version {version} of {stream_id}"
             ))
         })?;
-        let Json(payload): Json<serde_json::Value> = get(row, self.payload, "payload")?;
+        let payload: serde_json::Value = json(row, self.payload).map_err(|e| {
+            corrupt(format!(
+                "the payload at version {version} of {stream_id} does not read back: {e}"
+            ))
+        })?;
         // Straight from the row's JSON into the metadata type (no intermediate JSON value).
-        let Json(metadata): Json<EventMetadata> = row.try_get(self.metadata).map_err(|e| {
+        let metadata: EventMetadata = json(row, self.metadata).map_err(|e| {
             corrupt(format!(
                 "metadata at version {version} of {stream_id} does not decode: {e}"
             ))
@@ -210,6 +220,38 @@ impl EventColumns {
         })
     }
 }
+
+/// Reads a `json` or `jsonb` column into `T`, whatever its nesting depth (up to what a reader
+/// can hold safely: see [`json_nesting::parse_stored`]). Rows stored before appends limited the
+/// depth may nest deeper than serde_json's own limit of 128 levels.
+fn json<T: for<'de> serde::Deserialize<'de>>(row: &PgRow, index: usize) -> Result<T, BoxDynError> {
+    let value = row.try_get_raw(index)?;
+    if value.is_null() {
+        return Err("the column is NULL".into());
+    }
+    let is_jsonb = value.type_info().oid() == Some(JSONB_OID);
+    let binary = value.format() == PgValueFormat::Binary;
+    let mut bytes = value.as_bytes()?;
+    if is_jsonb && binary {
+        // jsonb's binary form is a version byte (1) and the JSON text.
+        match bytes.split_first() {
+            Some((1, text)) => bytes = text,
+            _ => return Err("unknown jsonb binary format version".into()),
+        }
+    }
+    Ok(json_nesting::parse_stored(bytes)?)
+}
+
+/// The bytes of a column as received (0 for NULL), for batches bounded by bytes.
+pub(crate) fn raw_len(row: &PgRow, index: usize) -> usize {
+    row.try_get_raw(index)
+        .ok()
+        .and_then(|value| value.as_bytes().ok().map(<[u8]>::len))
+        .unwrap_or(0)
+}
+
+/// The OID of `jsonb`, fixed in PostgreSQL's catalog.
+const JSONB_OID: Oid = Oid(3802);
 
 /// Reads the column at `index`, naming it as `name` when it is missing or mistyped.
 fn get<'r, T>(row: &'r PgRow, index: usize, name: &str) -> Result<T, StoreError>

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventsource_core::{
-    EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedPosition, FeedReader, NewEvent,
-    RecordedEvent, StoreError, StreamId, Subscribe, Subscription, SubscriptionOptions,
+    BatchSize, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedPosition, FeedReader,
+    NewEvent, RecordedEvent, StoreError, StreamId, Subscribe, Subscription, SubscriptionOptions,
 };
 use eventsource_postgres::testing::TestDatabase;
 use eventsource_postgres::PostgresStore;
@@ -60,7 +60,7 @@ async fn wait_for_listener(store: &PostgresStore, connections: u64) {
 /// Reads the feed after `after` once; events of transactions still open are not returned.
 async fn read_once(store: &PostgresStore, after: FeedPosition) -> Vec<RecordedEvent> {
     store
-        .read_feed_batch(after, 1000, &FeedFilter::all())
+        .read_feed_batch(after, BatchSize::events(1000), &FeedFilter::all())
         .await
         .expect("read the feed")
         .events
@@ -139,7 +139,7 @@ async fn out_of_order_commit_is_not_skipped() {
     // B is committed, A is not: the reader must not move past A's place.
     for _ in 0..5 {
         let batch = store
-            .read_feed_batch(start, 1000, &FeedFilter::all())
+            .read_feed_batch(start, BatchSize::events(1000), &FeedFilter::all())
             .await
             .expect("read");
         assert!(
@@ -606,7 +606,11 @@ async fn restored_database_is_refused_then_repaired() {
 
     let restored = PostgresStore::new(store.pool().clone());
     let refused = restored
-        .read_feed_batch(FeedPosition::START, 10, &FeedFilter::all())
+        .read_feed_batch(
+            FeedPosition::START,
+            BatchSize::events(10),
+            &FeedFilter::all(),
+        )
         .await
         .expect_err("the feed refuses to run");
     assert!(

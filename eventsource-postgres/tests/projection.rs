@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use eventsource_core::{
-    BoxError, Category, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedPosition,
-    FeedReader, NewEvent, RecordedEvent, StreamId,
+    BatchSize, BoxError, Category, EventAppender, EventMetadata, ExpectedVersion, FeedFilter,
+    FeedPosition, FeedReader, NewEvent, RecordedEvent, StreamId,
 };
 use eventsource_postgres::projection::{
     dead_letters, lag, rebuild, FailurePolicy, OnFailure, Projection, ProjectionError,
@@ -141,6 +141,7 @@ async fn expected(store: &PostgresStore, exclude_poison: bool) -> Vec<(String, i
 fn quick_options(batch_size: usize) -> RunnerOptions {
     RunnerOptions {
         batch_size,
+        max_batch_bytes: BatchSize::DEFAULT_BYTES,
         poll_interval: Duration::from_millis(100),
         standby_retry: Duration::from_millis(50),
         failure: FailurePolicy {
@@ -157,7 +158,11 @@ async fn wait_until_readable(store: &PostgresStore, count: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let batch = store
-            .read_feed_batch(FeedPosition::START, count, &FeedFilter::all())
+            .read_feed_batch(
+                FeedPosition::START,
+                BatchSize::events(count),
+                &FeedFilter::all(),
+            )
             .await
             .expect("read the feed");
         if batch.events.len() == count {

@@ -16,7 +16,7 @@ use crate::error::{StoreError, ValidationError};
 use crate::event::{NewEvent, RecordedEvent};
 use crate::event_store::{EventAppender, EventStore, FeedReader, StreamReader};
 use crate::expected_version::ExpectedVersion;
-use crate::feed::{read_feed, FeedFilter};
+use crate::feed::{read_feed, BatchSize, FeedFilter};
 use crate::limits::Limits;
 use crate::metadata::EventMetadata;
 use crate::position::FeedPosition;
@@ -78,10 +78,11 @@ async fn read_whole_feed<S: EventStore>(
     let mut after = FeedPosition::START;
     let mut events = Vec::new();
     while events.len() < count {
-        let batch: Vec<RecordedEvent> = read_feed(store, after, 7, filter.clone())
-            .try_collect()
-            .await
-            .or_violation("read feed")?;
+        let batch: Vec<RecordedEvent> =
+            read_feed(store, after, BatchSize::events(7), filter.clone())
+                .try_collect()
+                .await
+                .or_violation("read feed")?;
         if let Some(last) = batch.last() {
             after = last.position;
         }
@@ -450,7 +451,7 @@ pub async fn bounded_reads<F: StoreFactory>(factory: &F) -> Result<(), Violation
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let batch = store
-            .read_feed_batch(after, 6, &FeedFilter::all())
+            .read_feed_batch(after, BatchSize::events(6), &FeedFilter::all())
             .await
             .or_violation("feed batch")?;
         ensure!(
@@ -490,12 +491,16 @@ pub async fn bounded_reads<F: StoreFactory>(factory: &F) -> Result<(), Violation
     );
     // Any positive limit is accepted, however large, from any position.
     let first = store
-        .read_feed_batch(FeedPosition::START, 1, &FeedFilter::all())
+        .read_feed_batch(
+            FeedPosition::START,
+            BatchSize::events(1),
+            &FeedFilter::all(),
+        )
         .await
         .or_violation("the first event of the feed")?
         .next;
     let rest = store
-        .read_feed_batch(first, usize::MAX, &FeedFilter::all())
+        .read_feed_batch(first, BatchSize::events(usize::MAX), &FeedFilter::all())
         .await
         .or_violation("a feed batch with the largest limit")?;
     ensure_eq!(
@@ -504,7 +509,11 @@ pub async fn bounded_reads<F: StoreFactory>(factory: &F) -> Result<(), Violation
         "the largest limit reads every event after the first"
     );
     let result = store
-        .read_feed_batch(FeedPosition::START, 0, &FeedFilter::all())
+        .read_feed_batch(
+            FeedPosition::START,
+            BatchSize::events(0),
+            &FeedFilter::all(),
+        )
         .await;
     ensure!(
         matches!(
@@ -570,7 +579,7 @@ pub async fn feed_filters<F: StoreFactory>(factory: &F) -> Result<(), Violation>
     // A batch that examines only unwanted events returns none but moves past them.
     let filter = FeedFilter::all().with_event_types(["OrderShipped"]);
     let batch = store
-        .read_feed_batch(FeedPosition::START, 5, &filter)
+        .read_feed_batch(FeedPosition::START, BatchSize::events(5), &filter)
         .await
         .or_violation("batch")?;
     ensure!(
@@ -638,10 +647,9 @@ pub async fn unicode_and_large_payloads<F: StoreFactory>(factory: &F) -> Result<
 
 /// Bad input is refused with a typed error before it reaches storage.
 pub async fn bad_input_refused<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
-    let limits = Limits {
-        max_payload_bytes: 1000,
-        max_events_per_append: 5,
-    };
+    let limits = Limits::default()
+        .with_max_payload_bytes(1000)
+        .with_max_events_per_append(5);
     let store = factory.store(limits).await;
     let a = stream("a")?;
 

@@ -34,7 +34,7 @@ impl DomainEvent for CounterEvent {
 
     fn encode(&self) -> Result<serde_json::Value, EncodeError> {
         let Self::Incremented(data) = self;
-        serde_json::to_value(data).map_err(|source| EncodeError {
+        serde_json::to_value(data).map_err(|source| EncodeError::Json {
             event_type: "CounterIncremented",
             source,
         })

@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-use eventsource_core::{FeedFilter, FeedPosition, FeedReader};
+use eventsource_core::{BatchSize, FeedFilter, FeedPosition, FeedReader};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::error::ProjectionError;
@@ -46,6 +46,9 @@ const SETTLE_DEAD_LETTERS: &str = include_str!("sql/settle_dead_letters.sql");
 pub struct RebuildOptions {
     /// Events per transaction (default 1,000).
     pub batch_size: usize,
+    /// Bytes of payloads and metadata per transaction (default 16 MiB; always at least one
+    /// event).
+    pub max_batch_bytes: usize,
     /// Discard an interrupted rebuild instead of resuming it.
     pub fresh: bool,
     /// How long to wait before trying again while another rebuild of the projection runs, or
@@ -57,9 +60,17 @@ impl Default for RebuildOptions {
     fn default() -> Self {
         Self {
             batch_size: 1_000,
+            max_batch_bytes: BatchSize::DEFAULT_BYTES,
             fresh: false,
             lock_retry: Duration::from_secs(1),
         }
+    }
+}
+
+impl RebuildOptions {
+    /// The bound of one batch.
+    pub fn batch(&self) -> BatchSize {
+        BatchSize::events(self.batch_size).with_bytes(self.max_batch_bytes)
     }
 }
 
@@ -157,7 +168,7 @@ async fn replay_and_swap<P: Projection>(
     progress(RebuildProgress { done, total });
     loop {
         let batch = store
-            .read_feed_batch(position, options.batch_size, &filter)
+            .read_feed_batch(position, options.batch(), &filter)
             .await?;
         if batch.next != position {
             let mut tx = conn.begin().await.map_err(db("begin a rebuild batch"))?;
@@ -251,7 +262,7 @@ async fn swap<P: Projection>(
     let mut caught_up = 0;
     loop {
         let batch = store
-            .read_feed_batch(position, options.batch_size, &filter)
+            .read_feed_batch(position, options.batch(), &filter)
             .await?;
         apply(projection, &mut tx, &batch.events).await?;
         position = batch.next;

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eventsource_core::{FeedBatch, FeedPosition, FeedReader, RecordedEvent, StoreError, Subscribe};
+use eventsource_core::{
+    BatchSize, FeedBatch, FeedPosition, FeedReader, RecordedEvent, StoreError, Subscribe,
+};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +54,8 @@ impl Default for FailurePolicy {
 pub struct RunnerOptions {
     /// Events examined per batch and transaction (default 500).
     pub batch_size: usize,
+    /// Bytes of payloads and metadata per batch (default 16 MiB; always at least one event).
+    pub max_batch_bytes: usize,
     /// Re-read interval when no notification comes (default 1 s).
     pub poll_interval: Duration,
     /// How often a standby tries to become active (default 1 s).
@@ -64,10 +68,18 @@ impl Default for RunnerOptions {
     fn default() -> Self {
         Self {
             batch_size: 500,
+            max_batch_bytes: BatchSize::DEFAULT_BYTES,
             poll_interval: Duration::from_secs(1),
             standby_retry: Duration::from_secs(1),
             failure: FailurePolicy::default(),
         }
+    }
+}
+
+impl RunnerOptions {
+    /// The bound of one batch.
+    pub fn batch(&self) -> BatchSize {
+        BatchSize::events(self.batch_size).with_bytes(self.max_batch_bytes)
     }
 }
 
@@ -189,10 +201,10 @@ impl<P: Projection> ProjectionRunner<P> {
         for table in self.projection.tables() {
             check_identifier(name, "table", table)?;
         }
-        if self.options.batch_size == 0 {
+        if self.options.batch_size == 0 || self.options.max_batch_bytes == 0 {
             return Err(ProjectionError::Invalid {
                 projection: name.to_owned(),
-                problem: "RunnerOptions::batch_size is 0; use at least 1".into(),
+                problem: "RunnerOptions::batch_size or max_batch_bytes is 0; use at least 1".into(),
             });
         }
         let options = (*self.store.pool().connect_options()).clone();
@@ -264,7 +276,7 @@ impl<P: Projection> ProjectionRunner<P> {
             wake.borrow_and_update();
             let batch = self
                 .store
-                .read_feed_batch(position, self.options.batch_size, &filter)
+                .read_feed_batch(position, self.options.batch(), &filter)
                 .await?;
             let moved = if !batch.events.is_empty() {
                 self.apply_batch(conn, position, &batch).await

@@ -415,7 +415,13 @@ fn unserializable_payloads_are_encode_errors() {
     };
     let error = event.encode().unwrap_err();
     assert!(
-        matches!(error, EncodeError::Json { event_type: "Built", .. }),
+        matches!(
+            error,
+            EncodeError::Json {
+                event_type: "Built",
+                ..
+            }
+        ),
         "{error:?}"
     );
     assert!(error.to_string().contains("Built"), "{error}");

@@ -809,6 +809,186 @@ pub async fn bad_input_refused<F: StoreFactory>(factory: &F) -> Result<(), Viola
     Ok(())
 }
 
+/// Everything a store keeps is bounded, and what it refuses it refuses whole, at once, with an
+/// error naming the limit: payload nesting, metadata, type names, the bytes of one append.
+/// What it accepts at the limits reads back unchanged.
+pub async fn limits_refused<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
+    let limits = Limits::default()
+        .with_max_json_depth(10)
+        .with_max_metadata_bytes(200)
+        .with_max_event_type_bytes(20)
+        .with_max_append_bytes(5_000);
+    let store = factory.store(limits).await;
+    let a = stream("limits")?;
+    let nested = |depth: usize| {
+        let mut value = json!(1);
+        for _ in 0..depth {
+            value = json!([value]);
+        }
+        value
+    };
+    let refused = |result: Result<crate::AppendResult, StoreError>| match result {
+        Err(StoreError::Invalid(error)) => Some(error),
+        _ => None,
+    };
+
+    let deep = NewEvent::new("E", 1, json!({ "a": nested(10) }), EventMetadata::default());
+    let result = store.append(&a, ExpectedVersion::Any, vec![deep]).await;
+    ensure!(
+        matches!(
+            refused(result),
+            Some(ValidationError::PayloadTooDeep { limit: 10, .. })
+        ),
+        "a payload 11 levels deep is refused with PayloadTooDeep naming the limit 10"
+    );
+    // A depth that no JSON reader takes by default is refused too, without recursion on the way
+    // (300 levels: past serde_json's own limit of 128; far deeper values overflow a thread's stack
+    // when merely dropped).
+    let hostile = NewEvent::new("E", 1, nested(300), EventMetadata::default());
+    let result = store.append(&a, ExpectedVersion::Any, vec![hostile]).await;
+    ensure!(
+        matches!(
+            refused(result),
+            Some(ValidationError::PayloadTooDeep { .. })
+        ),
+        "a payload 300 levels deep is refused with PayloadTooDeep"
+    );
+
+    let mut chatty = event("E", 1);
+    chatty
+        .metadata
+        .headers
+        .insert("note".into(), "x".repeat(200));
+    let result = store.append(&a, ExpectedVersion::Any, vec![chatty]).await;
+    ensure!(
+        matches!(
+            refused(result),
+            Some(ValidationError::MetadataTooLarge { limit: 200, .. })
+        ),
+        "metadata over 200 bytes is refused with MetadataTooLarge naming the limit"
+    );
+
+    let result = store
+        .append(&a, ExpectedVersion::Any, vec![event(&"T".repeat(21), 1)])
+        .await;
+    ensure!(
+        matches!(
+            refused(result),
+            Some(ValidationError::EventTypeTooLong {
+                len: 21,
+                limit: 20,
+                ..
+            })
+        ),
+        "a 21-byte type name is refused with EventTypeTooLong naming the limit 20"
+    );
+
+    let chunk = |n: u64| {
+        NewEvent::new(
+            "E",
+            1,
+            json!({ "n": n, "blob": "x".repeat(900) }),
+            EventMetadata::default(),
+        )
+    };
+    let result = store
+        .append(&a, ExpectedVersion::Any, (0..6).map(chunk).collect())
+        .await;
+    ensure!(
+        matches!(
+            refused(result),
+            Some(ValidationError::AppendTooLarge { limit: 5_000, .. })
+        ),
+        "six events of about 930 bytes are refused with AppendTooLarge naming the limit 5,000"
+    );
+    ensure!(
+        read_all(&store, &a).await?.is_empty(),
+        "nothing of a refused append is stored"
+    );
+
+    // At the limits: accepted, and read back unchanged.
+    let mut at_limits = vec![
+        NewEvent::new("E", 1, json!({ "a": nested(9) }), EventMetadata::default()),
+        event(&"T".repeat(20), 2),
+    ];
+    at_limits.extend((3..6).map(chunk));
+    let sent = at_limits.clone();
+    store
+        .append(&a, ExpectedVersion::NoStream, at_limits)
+        .await
+        .or_violation("an append at every limit is accepted")?;
+    let stored = read_all(&store, &a).await?;
+    ensure_eq!(
+        stored
+            .iter()
+            .map(|e| (&e.event_type, &e.payload))
+            .collect::<Vec<_>>(),
+        sent.iter()
+            .map(|e| (&e.event_type, &e.payload))
+            .collect::<Vec<_>>(),
+        "what is accepted at the limits reads back unchanged"
+    );
+    Ok(())
+}
+
+/// Feed reads stop at their byte budget (always returning at least one event) and chain
+/// without gaps, so a reader's memory is bounded whatever the events' sizes.
+pub async fn reads_bounded_by_bytes<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
+    let store = factory.store(Limits::default()).await;
+    let a = stream("bytes")?;
+    let sized = |n: u64, bytes: usize| {
+        NewEvent::new(
+            "E",
+            1,
+            json!({ "n": n, "blob": "x".repeat(bytes) }),
+            EventMetadata::default(),
+        )
+    };
+    // Five events of about 1 KB, then one of 10 KB, then one small one.
+    let mut events: Vec<NewEvent> = (1..=5).map(|n| sized(n, 1_000)).collect();
+    events.push(sized(6, 10_000));
+    events.push(sized(7, 10));
+    store
+        .append(&a, ExpectedVersion::NoStream, events)
+        .await
+        .or_violation("append")?;
+    let size = BatchSize::events(100).with_bytes(2_500);
+    let mut after = FeedPosition::START;
+    let mut batches = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let batch = store
+            .read_feed_batch(after, size, &FeedFilter::all())
+            .await
+            .or_violation("a feed batch bounded by bytes")?;
+        let numbers: Vec<u64> = batch
+            .events
+            .iter()
+            .filter_map(|e| e.payload["n"].as_u64())
+            .collect();
+        after = batch.next;
+        if !numbers.is_empty() {
+            batches.push(numbers);
+        }
+        if batch.reached_head && batches.iter().map(Vec::len).sum::<usize>() >= 7 {
+            break;
+        }
+        if batch.reached_head {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "feed stalled at {after}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    ensure_eq!(
+        batches,
+        vec![vec![1, 2], vec![3, 4], vec![5], vec![6], vec![7]],
+        "batches of at most 2,500 bytes, an event larger than that alone, in feed order"
+    );
+    Ok(())
+}
+
 /// Events flow through the repository with metadata from the command context; a domain
 /// refusal stores nothing; an event that does not decode is an error naming stream and version.
 pub async fn repository_flow<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
@@ -1182,7 +1362,8 @@ macro_rules! store_contract_tests {
     ($factory:expr) => {
         $crate::store_contract_tests!(@each $factory;
             expected_versions, repository_race, idempotent_append, bounded_reads,
-            feed_filters, unicode_and_large_payloads, bad_input_refused, repository_flow,
+            feed_filters, unicode_and_large_payloads, bad_input_refused, limits_refused,
+            reads_bounded_by_bytes, repository_flow,
             subscription_catch_up_and_live, subscription_filter_advances, snapshots_keep_the_latest,
             repository_loads_snapshot_and_tail);
     };

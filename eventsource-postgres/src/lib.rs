@@ -11,6 +11,7 @@
 mod append;
 mod error;
 mod feed_guard;
+mod feed_position;
 mod listener;
 pub mod local_server;
 mod notifier;
@@ -23,6 +24,7 @@ mod store;
 mod subscribe;
 pub mod testing;
 
+pub use feed_position::feed_position;
 pub use listener::ListenerStats;
 pub use local_server::LocalServer;
 pub use store::{PostgresStore, DEFAULT_DATABASE_URL};

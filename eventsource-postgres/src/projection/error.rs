@@ -52,6 +52,16 @@ pub enum ProjectionError {
         /// What is wrong.
         problem: String,
     },
+    /// A runner that was waited on stopped or failed before applying up to the target.
+    #[error("the runner of projection `{projection}` ended ({state:?}) before applying events up to {target}; see its run() result for why")]
+    RunnerEnded {
+        /// The projection.
+        projection: String,
+        /// How the runner ended.
+        state: super::RunnerState,
+        /// The position that was waited for.
+        target: FeedPosition,
+    },
     /// Reading the feed or the checkpoint failed.
     #[error(transparent)]
     Store(#[from] StoreError),

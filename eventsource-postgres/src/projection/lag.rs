@@ -1,10 +1,11 @@
 //! How far a projection is behind the head of the feed.
 
 use chrono::{DateTime, Utc};
-use eventsource_core::{FeedHoldup, FeedPosition};
+use eventsource_core::{FeedFilter, FeedHoldup, FeedPosition};
 use sqlx::Row;
 
 use super::error::ProjectionError;
+use super::registry::registration;
 use super::Projection;
 use crate::row::feed_position;
 use crate::store::PostgresStore;
@@ -32,8 +33,23 @@ pub async fn lag<P: Projection>(
     store: &PostgresStore,
     projection: &P,
 ) -> Result<ProjectionLag, ProjectionError> {
-    let name = projection.name();
-    let filter = projection.filter();
+    measure(store, projection.name(), &projection.filter()).await
+}
+
+/// Measures the lag of the projection named `name`, from any process, without its code: the
+/// filter is the one its last active runner registered (every event, before any runner ran).
+pub async fn lag_of(store: &PostgresStore, name: &str) -> Result<ProjectionLag, ProjectionError> {
+    let filter = registration(store, name)
+        .await?
+        .map_or_else(FeedFilter::all, |registration| registration.filter);
+    measure(store, name, &filter).await
+}
+
+async fn measure(
+    store: &PostgresStore,
+    name: &str,
+    filter: &FeedFilter,
+) -> Result<ProjectionLag, ProjectionError> {
     let db = |e| ProjectionError::database(name, "measure lag", e);
     let row = sqlx::query(LAG)
         .bind(name)

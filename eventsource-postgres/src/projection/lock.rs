@@ -34,6 +34,11 @@ impl Role {
             Self::Rebuild => "eventsource.rebuild/",
         }
     }
+
+    /// The text whose hash is the advisory lock key of `projection` for this role.
+    pub(crate) fn key(self, projection: &str) -> String {
+        format!("{}{projection}", self.namespace())
+    }
 }
 
 /// Asks the server for TCP keepalives on this session: first probe after 10 s of silence, then
@@ -82,7 +87,7 @@ pub(crate) async fn try_acquire(
         }
     };
     let locked: bool = sqlx::query_scalar(TRY_LOCK)
-        .bind(format!("{}{projection}", role.namespace()))
+        .bind(role.key(projection))
         .fetch_one(&mut conn)
         .await
         .map_err(|e| ProjectionError::database(projection, "take the projection's lock", e))?;

@@ -6,7 +6,9 @@
 //!   by; failures retried, then stop or dead-letter;
 //! - [`rebuild()`]: replays a projection into shadow tables and swaps them in atomically;
 //! - [`dead_letters`]: parked events, listed and replayed;
-//! - [`lag`]: how far a projection is behind the head.
+//! - [`lag`]: how far a projection is behind the head;
+//! - [`active_runner`]: which runner instance, in any process, holds a projection, and since
+//!   when.
 
 mod checkpoint;
 pub mod dead_letters;
@@ -14,6 +16,7 @@ mod error;
 pub mod lag;
 mod lock;
 pub mod rebuild;
+mod registry;
 mod runner;
 mod scope;
 
@@ -23,6 +26,7 @@ use sqlx::PgConnection;
 
 pub use error::{FailedEvent, ProjectionError};
 pub use rebuild::{rebuild, RebuildOptions, RebuildProgress};
+pub use registry::{active_runner, ActiveRunner};
 pub use runner::{
     FailurePolicy, OnFailure, ProjectionRunner, RunnerOptions, RunnerState, RunnerStatus,
 };

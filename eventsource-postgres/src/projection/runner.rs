@@ -15,7 +15,7 @@ use tracing::Instrument;
 use super::error::ProjectionError;
 use super::lock::{self, Role};
 use super::scope::{check_identifier, set_search_path};
-use super::{checkpoint, dead_letters, Projection};
+use super::{checkpoint, dead_letters, registry, Projection};
 use crate::store::PostgresStore;
 
 /// What the runner does when the handler keeps failing on an event.
@@ -121,6 +121,7 @@ pub struct ProjectionRunner<P> {
     projection: Arc<P>,
     options: RunnerOptions,
     status: watch::Sender<RunnerStatus>,
+    instance: String,
 }
 
 /// Why an attempt at a batch failed.
@@ -151,6 +152,66 @@ impl<P: Projection> ProjectionRunner<P> {
             projection,
             options: RunnerOptions::default(),
             status,
+            instance: registry::default_instance(),
+        }
+    }
+
+    /// Names this runner instance (default: host, process id and a random suffix), as other
+    /// processes see it in [`active_runner`](super::active_runner).
+    pub fn with_instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = instance.into();
+        self
+    }
+
+    /// This runner instance's name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Waits until this runner (running in another task) has applied every event up to
+    /// `target` (its checkpoint is at or past it), and returns its checkpoint then.
+    ///
+    /// Fails with [`ProjectionError::RunnerEnded`] if the runner stops or fails first. While
+    /// another process's runner is the active one, this runner's checkpoint does not move:
+    /// wait on the active runner, or use [`lag_of`](super::lag::lag_of) from any process.
+    pub async fn wait_until_applied(
+        &self,
+        target: FeedPosition,
+    ) -> Result<FeedPosition, ProjectionError> {
+        let mut status = self.status.subscribe();
+        loop {
+            let (state, position) = {
+                let now = status.borrow_and_update();
+                (now.state, now.position)
+            };
+            if position >= target {
+                return Ok(position);
+            }
+            if matches!(state, RunnerState::Stopped | RunnerState::Failed) {
+                return Err(self.ended(state, target));
+            }
+            if status.changed().await.is_err() {
+                return Err(self.ended(state, target));
+            }
+        }
+    }
+
+    /// Waits until this runner (running in another task) has applied every event committed
+    /// before the call; see [`ProjectionRunner::wait_until_applied`].
+    pub async fn wait_until_caught_up(&self) -> Result<FeedPosition, ProjectionError> {
+        let head = self
+            .store
+            .head_position()
+            .await?
+            .unwrap_or(FeedPosition::START);
+        self.wait_until_applied(head).await
+    }
+
+    fn ended(&self, state: RunnerState, target: FeedPosition) -> ProjectionError {
+        ProjectionError::RunnerEnded {
+            projection: self.projection.name().to_owned(),
+            state,
+            target,
         }
     }
 
@@ -263,6 +324,13 @@ impl<P: Projection> ProjectionRunner<P> {
         stop_at: Option<FeedPosition>,
     ) -> Result<(), ProjectionError> {
         let mut position = self.ensure_setup(conn).await?;
+        registry::register(
+            conn,
+            self.projection.name(),
+            &self.projection.filter(),
+            &self.instance,
+        )
+        .await?;
         self.status.send_modify(|s| {
             s.position = position;
             s.state = RunnerState::CatchingUp;

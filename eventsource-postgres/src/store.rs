@@ -9,7 +9,7 @@ use sqlx::PgPool;
 use crate::error::backend;
 use crate::listener::ListenerStats;
 use crate::notifier::Notifier;
-use crate::row::{column, feed_position};
+use crate::row::{column, stored_feed_position, Xid8};
 
 /// The server tried when no URL is given: a local PostgreSQL with trust authentication.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -121,9 +121,8 @@ impl PostgresStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let transaction: String = column(&row, "transaction_id")?;
-        Ok(Some(feed_position(
-            &transaction,
+        Ok(Some(stored_feed_position(
+            column::<Xid8>(&row, "transaction_id")?,
             column(&row, "position")?,
         )?))
     }

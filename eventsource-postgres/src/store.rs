@@ -243,12 +243,13 @@ pub(crate) async fn check_reachable(options: &PgConnectOptions) -> Result<(), St
             Ok(())
         }
         Ok(Err(error)) => Err(backend(operation(), error)),
-        Err(_) => Err(StoreError::backend(
+        // An I/O timeout, as the driver reports one, so it is classified like a refusal.
+        Err(_) => Err(backend(
             operation(),
-            std::io::Error::new(
+            sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
-            ),
+            )),
         )),
     }
 }

@@ -113,6 +113,24 @@ async fn a_refused_port_is_reported_at_once_naming_the_server() {
     }
 }
 
+/// A server that accepts the TCP connection but never answers (a hung server, or a firewall
+/// that swallows packets) is given up on after a few seconds, naming what was tried.
+#[tokio::test]
+async fn a_silent_server_is_given_up_on_within_seconds() {
+    // Bound and listening but never accepting: the kernel completes the handshake and the
+    // startup message goes unanswered.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+    let port = silent.local_addr().expect("local address").port();
+    let url = format!("postgres://postgres:{ENCODED}@127.0.0.1:{port}/postgres");
+    let (error, took) = failed_connect(&url).await;
+    let message = error.to_string();
+    assert!(took < Duration::from_secs(10), "took {took:?}: {message}");
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(message.contains("no connection within"), "{message}");
+    assert_no_secret(&url, &everything_shown(&error));
+    drop(silent);
+}
+
 /// A password in any URL form stays out of the error when the port is refused.
 #[tokio::test]
 async fn a_refused_connect_shows_no_password() {

@@ -8,7 +8,8 @@ use eventsource_core::{
     replayed_append, AppendResult, Conflict, EventAppender, ExpectedVersion, NewEvent, RetryPolicy,
     StoreError, StoredEventLocation, StreamId, StreamVersion, ValidationError,
 };
-use sqlx::{PgConnection, Row};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres, Row};
 use uuid::Uuid;
 
 use crate::error::{
@@ -83,7 +84,19 @@ impl PostgresStore {
     /// same transaction (with a savepoint): a conflict aborts the transaction; retry in a new one.
     ///
     /// Subscribers are notified when the caller's transaction commits (by the events table's
-    /// trigger). A conflict leaves the caller's transaction aborted: roll it back.
+    /// trigger). After a conflict, roll the caller's transaction back.
+    ///
+    /// **Connections:** every statement runs on `transaction`, never waiting for a second
+    /// connection from the pool (which may be the one `transaction` holds). A wrong expected
+    /// version is found without a failed statement: the transaction stays usable, and the
+    /// idempotency lookup (is this a retry of an append already stored?) runs on it, so a
+    /// retry returns `already_stored = true` even on a one-connection pool. When the statement
+    /// itself fails (a concurrent writer committed the same versions or event ids first),
+    /// PostgreSQL aborts the transaction; the lookups then run on a connection only if one is
+    /// idle in the pool. Without one, a lost race for the versions is reported as a
+    /// [`Conflict`] whose `actual` is the lowest version the stream can now have (the version
+    /// after the lowest one the expectation accepted), and event ids already stored as an
+    /// error saying to retry in a new transaction.
     pub async fn append_in(
         &self,
         transaction: &mut PgConnection,
@@ -159,8 +172,13 @@ impl PostgresStore {
                         });
                     }
                     Attempt::Refused { current } => {
+                        // No statement failed: a caller's transaction is still usable, and the
+                        // lookup runs on it (never waiting for a second connection).
                         if !events.is_empty() {
-                            if let Some(replay) = self.replay(stream, &events).await? {
+                            if let Some(replay) = self
+                                .replay(transaction.as_deref_mut(), stream, &events)
+                                .await?
+                            {
                                 return Ok(replay);
                             }
                         }
@@ -185,6 +203,9 @@ impl PostgresStore {
                 tokio::time::sleep(RACE_RETRY.delay_after(lost_races)).await;
                 continue;
             }
+            // The statement failed: a caller's transaction is now aborted and cannot run the
+            // lookups below (see `lookup_after_failure`).
+            let in_transaction = transaction.is_some();
             match unique_violation(&error) {
                 _ if lost_versions => {
                     // A concurrent writer committed the versions this statement computed.
@@ -195,18 +216,48 @@ impl PostgresStore {
                         tokio::time::sleep(RACE_RETRY.delay_after(lost_races)).await;
                         continue;
                     }
-                    if let Some(replay) = self.replay(stream, &events).await? {
+                    let mut lookup = self.lookup_after_failure(in_transaction);
+                    let Some(conn) = lookup.connection() else {
+                        // The winner stored at least the version after the lowest one this
+                        // append accepts; without a second connection that bound is all
+                        // that is known.
+                        return Err(Conflict {
+                            stream: stream.clone(),
+                            expected,
+                            actual: lowest_after_lost_race(low),
+                        }
+                        .into());
+                    };
+                    if let Some(replay) = self.replay(conn, stream, &events).await? {
                         return Ok(replay);
                     }
+                    // `Some(None)` (the pool) flattens to `None`, which means the pool too.
+                    let actual = self
+                        .version_on(lookup.connection().flatten(), stream)
+                        .await?;
                     return Err(Conflict {
                         stream: stream.clone(),
                         expected,
-                        actual: self.current_version(stream).await?,
+                        actual,
                     }
                     .into());
                 }
                 Some(EVENT_ID_KEY) => {
-                    if let Some(replay) = self.replay(stream, &events).await? {
+                    let mut lookup = self.lookup_after_failure(in_transaction);
+                    let Some(conn) = lookup.connection() else {
+                        return Err(backend(
+                            format!(
+                                "{} (its event ids are already stored, and with no idle \
+                                 connection in the pool the store cannot tell whether it is a \
+                                 retry of the append that stored them: roll back, and retry in a \
+                                 new transaction with the expectation the first attempt used, \
+                                 or give the pool a spare connection)",
+                                operation()
+                            ),
+                            error,
+                        ));
+                    };
+                    if let Some(replay) = self.replay(conn, stream, &events).await? {
                         return Ok(replay);
                     }
                     if can_retry {
@@ -218,17 +269,64 @@ impl PostgresStore {
                 _ => {}
             }
             if sqlstate(&error).as_deref() == Some(NUMERIC_OUT_OF_RANGE) {
-                let after = self.current_version(stream).await?;
-                return Err(ValidationError::VersionOverflow {
-                    stream: stream.clone(),
-                    after,
-                    count: events.len(),
+                let mut lookup = self.lookup_after_failure(in_transaction);
+                if let Some(conn) = lookup.connection() {
+                    let after = self.version_on(conn, stream).await?;
+                    return Err(ValidationError::VersionOverflow {
+                        stream: stream.clone(),
+                        after,
+                        count: events.len(),
+                    }
+                    .into());
                 }
-                .into());
             }
             return Err(backend(operation(), error));
         }
     }
+}
+
+/// Where the lookups after a failed append statement run.
+enum Lookup {
+    /// Autocommit: on the pool.
+    Pool,
+    /// In a caller's (now aborted) transaction: on a connection that was idle in the pool.
+    Spare(PoolConnection<Postgres>),
+    /// In a caller's transaction, with no idle connection in the pool.
+    Unavailable,
+}
+
+impl Lookup {
+    /// The connection argument of the lookups (`Some(None)`: the pool), or `None` when no
+    /// lookup can run.
+    fn connection(&mut self) -> Option<Option<&mut PgConnection>> {
+        match self {
+            Self::Pool => Some(None),
+            Self::Spare(conn) => Some(Some(&mut **conn)),
+            Self::Unavailable => None,
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Where the lookups after a failed append statement run: on the pool for an autocommit
+    /// append; for an append in a caller's transaction (which the failure aborted) on a
+    /// connection idle in the pool, if there is one. It never waits for one: the connection it
+    /// would wait for may be the one the caller's transaction holds.
+    fn lookup_after_failure(&self, in_transaction: bool) -> Lookup {
+        if !in_transaction {
+            return Lookup::Pool;
+        }
+        match self.pool.try_acquire() {
+            Some(spare) => Lookup::Spare(spare),
+            None => Lookup::Unavailable,
+        }
+    }
+}
+
+/// The lowest version a stream can have after an append whose expectation accepted versions
+/// from `low` on lost the race for its versions: the winner stored at least `low + 1`.
+fn lowest_after_lost_race(low: StreamVersion) -> StreamVersion {
+    StreamVersion::new(low.get().saturating_add(1)).unwrap_or(StreamVersion::MAX)
 }
 
 /// Reads the append statement's rows: one per appended event, in no particular order, or one
@@ -279,17 +377,22 @@ fn read_attempt(rows: &[sqlx::postgres::PgRow], count: usize) -> Result<Attempt,
 impl PostgresStore {
     /// If some of `events` are already stored, decides whether this append is a retry of the
     /// append that stored them (see [`replayed_append`]). `None` when none is stored.
+    ///
+    /// Runs on `conn` when given (a caller's transaction that is still usable, or a spare
+    /// connection), else on the pool.
     async fn replay(
         &self,
+        conn: Option<&mut PgConnection>,
         stream: &StreamId,
         events: &[NewEvent],
     ) -> Result<Option<AppendResult>, StoreError> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let rows = sqlx::query(STORED_EVENT_IDS)
-            .bind(&ids)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| backend(format!("look up stored event ids for {stream}"), e))?;
+        let query = sqlx::query(STORED_EVENT_IDS).bind(&ids);
+        let rows = match conn {
+            Some(conn) => query.fetch_all(conn).await,
+            None => query.fetch_all(&self.pool).await,
+        }
+        .map_err(|e| backend(format!("look up stored event ids for {stream}"), e))?;
         if rows.is_empty() {
             return Ok(None);
         }
@@ -312,12 +415,23 @@ impl PostgresStore {
 
     /// The current version of `stream`, read directly (every committed event).
     pub async fn current_version(&self, stream: &StreamId) -> Result<StreamVersion, StoreError> {
-        let row = sqlx::query(STREAM_VERSION)
+        self.version_on(None, stream).await
+    }
+
+    /// The current version of `stream`, read on `conn` when given, else on the pool.
+    async fn version_on(
+        &self,
+        conn: Option<&mut PgConnection>,
+        stream: &StreamId,
+    ) -> Result<StreamVersion, StoreError> {
+        let query = sqlx::query(STREAM_VERSION)
             .bind(stream.category().as_str())
-            .bind(stream.id())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(|e| backend(format!("read the version of {stream}"), e))?;
+            .bind(stream.id());
+        let row = match conn {
+            Some(conn) => query.fetch_one(conn).await,
+            None => query.fetch_one(&self.pool).await,
+        }
+        .map_err(|e| backend(format!("read the version of {stream}"), e))?;
         stream_version(
             row.try_get("version")
                 .map_err(|e| backend("read a stream version", e))?,

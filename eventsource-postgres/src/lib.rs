@@ -18,6 +18,7 @@ mod notifier;
 pub mod projection;
 mod read_feed;
 mod read_stream;
+mod redact;
 mod row;
 mod snapshot;
 mod store;

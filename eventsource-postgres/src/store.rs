@@ -1,15 +1,19 @@
 //! The PostgreSQL store: a connection pool, limits, and the schema migrations.
 
+use std::fmt;
+use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use eventsource_core::{FeedPosition, Limits, StoreError, WakeSignal};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::error::backend;
 use crate::listener::ListenerStats;
 use crate::notifier::Notifier;
-use crate::row::{column, feed_position};
+use crate::redact::{misspelled_password_key, redact_url, target};
+use crate::row::{column, stored_feed_position, Xid8};
 
 /// The server tried when no URL is given: a local PostgreSQL with trust authentication.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -18,6 +22,9 @@ const HEAD_POSITION: &str = include_str!("sql/head_position.sql");
 
 /// The schema migrations, embedded from the workspace's `migrations/` folder.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// How long the first connection to a server may take before it counts as unreachable.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An advisory lock key serializing concurrent `migrate` calls ("eventsrc" in ASCII).
 const MIGRATION_LOCK: i64 = 0x6576_656e_7473_7263;
@@ -33,7 +40,7 @@ const MIGRATION_LOCK: i64 = 0x6576_656e_7473_7263;
 /// store.migrate().await?;
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PostgresStore {
     pub(crate) pool: PgPool,
     pub(crate) limits: Limits,
@@ -65,12 +72,19 @@ impl PostgresStore {
     }
 
     /// Connects a pool of up to 10 connections to `url`.
+    ///
+    /// One connection is tried first, for at most 5 seconds: a server that refuses, does not
+    /// answer, or turns the connection down (unknown database or user, wrong password) is
+    /// reported at once, naming the host, port, database and user tried (never the password).
+    /// The pool then waits for connections as usual.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let options = parse_url(url, "the database URL")?;
+        check_reachable(&options).await?;
         let pool = PgPoolOptions::new()
             .max_connections(10)
-            .connect(url)
+            .connect_with(options.clone())
             .await
-            .map_err(|e| backend(format!("connect to PostgreSQL at {}", redact(url)), e))?;
+            .map_err(|e| backend(format!("connect to PostgreSQL at {}", target(&options)), e))?;
         Ok(Self::new(pool))
     }
 
@@ -121,9 +135,8 @@ impl PostgresStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        let transaction: String = column(&row, "transaction_id")?;
-        Ok(Some(feed_position(
-            &transaction,
+        Ok(Some(stored_feed_position(
+            column::<Xid8>(&row, "transaction_id")?,
             column(&row, "position")?,
         )?))
     }
@@ -174,28 +187,89 @@ async fn migrate_on(conn: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The URL with its password replaced by `***`, for messages.
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+impl fmt::Debug for PostgresStore {
+    /// Names the server without its password (the pool's connection options hold it).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options = self.pool.connect_options();
+        f.debug_struct("PostgresStore")
+            .field("server", &target(&options))
+            .field("connections", &self.pool.size())
+            .field("idle", &self.pool.num_idle())
+            .field("closed", &self.pool.is_closed())
+            .field("limits", &self.limits)
+            .field("notifications", &!self.shared.notifications_off)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a connection URL (`what` names it in the error: "the database URL", "DATABASE_URL").
+/// The error shows the URL without its password.
+///
+/// A `password` query parameter spelled in another case is refused: the driver would ignore
+/// it and log its value.
+pub(crate) fn parse_url(url: &str, what: &str) -> Result<PgConnectOptions, StoreError> {
+    if let Some(key) = misspelled_password_key(url) {
+        return Err(StoreError::backend(
+            format!("parse {what} {}", redact_url(url)),
+            format!("the query parameter `{key}` is not known; spell it `password`"),
+        ));
+    }
+    PgConnectOptions::from_str(url).map_err(|e| {
+        backend(
+            format!(
+                "parse {what} {} (expected postgres://user:password@host:port/database)",
+                redact_url(url)
+            ),
+            e,
+        )
+    })
+}
+
+/// Opens one connection to the server `options` name and closes it, giving up after
+/// [`CONNECT_TIMEOUT`]: a refused, unanswered or rejected connection becomes an error naming
+/// the host, port, database and user tried, and what to do.
+pub(crate) async fn check_reachable(options: &PgConnectOptions) -> Result<(), StoreError> {
+    let operation = || {
+        format!(
+            "connect to PostgreSQL at {} (start the server there, or check the URL or \
+             DATABASE_URL: host, port, database, user and password)",
+            target(options)
+        )
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
+        Ok(Ok(conn)) => {
+            // Only a courtesy to the server: the connection did its job.
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(error)) => Err(backend(operation(), error)),
+        // An I/O timeout, as the driver reports one, so it is classified like a refusal.
+        Err(_) => Err(backend(
+            operation(),
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()),
+            )),
+        )),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            super::redact("postgres://u:secret@h:5432/db"),
-            "postgres://u:***@h:5432/db"
-        );
-        assert_eq!(super::redact("postgres://u@h/db"), "postgres://u@h/db");
+    use super::*;
+
+    /// The pool's connection options hold the password; the store's `Debug` names the server
+    /// without it.
+    #[tokio::test]
+    async fn debug_shows_no_password() {
+        let options = parse_url(
+            "postgres://u:S3cr3t-PW@h:5433/db?password=S3cr3t-PW",
+            "a URL",
+        )
+        .expect("parses");
+        let store = PostgresStore::new(PgPoolOptions::new().connect_lazy_with(options));
+        let shown = format!("{store:?}");
+        assert!(!shown.contains("S3cr3t"), "{shown}");
+        assert!(shown.contains("h:5433, database db, user u"), "{shown}");
     }
 }

@@ -5,7 +5,7 @@
 //! events (the feed's transaction-id horizon is still shared by the whole server: a test that
 //! holds a write transaction open delays, but never breaks, the feeds of the others).
 
-use std::str::FromStr;
+use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,7 +14,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 
 use crate::error::backend;
-use crate::store::{redact, PostgresStore, DEFAULT_DATABASE_URL};
+use crate::redact::target;
+use crate::store::{check_reachable, parse_url, PostgresStore, DEFAULT_DATABASE_URL};
 
 /// Test databases are named `<PREFIX><unix seconds>_<pid>_<n>`.
 const PREFIX: &str = "eventsource_test_";
@@ -28,7 +29,6 @@ pub fn database_url() -> String {
 }
 
 /// A new database on the test server, dropped by [`TestDatabase::drop_database`].
-#[derive(Debug)]
 pub struct TestDatabase {
     name: String,
     server: PgConnectOptions,
@@ -39,9 +39,10 @@ impl TestDatabase {
     pub async fn create() -> Result<Self, StoreError> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let url = database_url();
-        let server = PgConnectOptions::from_str(&url)
-            .map_err(|e| backend(format!("parse DATABASE_URL {}", redact(&url)), e))?
-            .log_statements(tracing::log::LevelFilter::Trace);
+        let server =
+            parse_url(&url, "DATABASE_URL")?.log_statements(tracing::log::LevelFilter::Trace);
+        // Fails within seconds, naming the server, when it is down or refuses the login.
+        check_reachable(&server).await?;
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -54,8 +55,8 @@ impl TestDatabase {
         let admin = admin_pool(&server).await.map_err(|e| {
             backend(
                 format!(
-                    "connect to the test server {} (start PostgreSQL or set DATABASE_URL)",
-                    redact(&url)
+                    "connect to the test server at {} (start PostgreSQL or set DATABASE_URL)",
+                    target(&server)
                 ),
                 e,
             )
@@ -113,6 +114,16 @@ impl TestDatabase {
     }
 }
 
+impl fmt::Debug for TestDatabase {
+    /// Names the server without its password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TestDatabase")
+            .field("name", &self.name)
+            .field("server", &target(&self.server))
+            .finish()
+    }
+}
+
 /// Drops test databases left behind by runs that ended hours ago. Best effort: a failure only
 /// leaves them for the next run.
 async fn drop_stale(admin: &PgPool, now: u64) {
@@ -144,4 +155,25 @@ async fn admin_pool(server: &PgConnectOptions) -> Result<PgPool, sqlx::Error> {
         .max_connections(1)
         .connect_with(server.clone())
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    /// The server's connection options hold the password; `Debug` names the server without it.
+    #[test]
+    fn debug_shows_no_password() {
+        let db = TestDatabase {
+            name: "eventsource_test_debug".into(),
+            server: PgConnectOptions::from_str("postgres://u:S3cr3t-PW@h:5433/postgres")
+                .expect("parses"),
+        };
+        let shown = format!("{db:?}");
+        assert!(!shown.contains("S3cr3t"), "{shown}");
+        assert!(shown.contains("eventsource_test_debug"), "{shown}");
+        assert!(shown.contains("h:5433"), "{shown}");
+    }
 }

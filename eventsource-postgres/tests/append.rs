@@ -233,6 +233,166 @@ async fn append_in_needs_no_second_connection() {
     assert_eq!(appended.stream_version.get(), 1);
 }
 
+/// How long an append in a caller's transaction may take before it counts as waiting for a
+/// second connection (the pool's acquire timeout is 30 s).
+const PROMPT: Duration = Duration::from_secs(5);
+
+/// A store whose pool has one connection, on a migrated test database.
+async fn one_connection_store(db: &TestDatabase) -> PostgresStore {
+    db.store().await.expect("migrated store").close().await;
+    PostgresStore::new(db.pool(1).await.expect("one-connection pool"))
+}
+
+/// Runs `append` and returns its result with how long it took, failing after 60 s.
+async fn timed<T>(append: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(60), append)
+        .await
+        .expect("the append ends");
+    (result, started.elapsed())
+}
+
+/// A wrong expected version inside a caller's transaction on a one-connection pool: the
+/// idempotency lookup and the version it reports run on the caller's connection, so the typed
+/// conflict comes back at once instead of a pool timeout.
+#[tokio::test]
+async fn append_in_conflict_on_one_connection_is_prompt() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = one_connection_store(&db).await;
+    let target = stream("single-conflict");
+    store
+        .append(&target, ExpectedVersion::NoStream, vec![event(1)])
+        .await
+        .expect("first event");
+
+    let mut tx = store.pool().begin().await.expect("begin");
+    let (result, took) = timed(store.append_in(
+        &mut tx,
+        &target,
+        ExpectedVersion::Exact(StreamVersion::new(5).expect("version")),
+        vec![event(2)],
+    ))
+    .await;
+    let error = result.expect_err("the expectation does not hold");
+    let conflict = error
+        .as_conflict()
+        .unwrap_or_else(|| panic!("a typed conflict, got {error}"));
+    assert_eq!(conflict.actual.get(), 1);
+    assert!(took < PROMPT, "the conflict took {took:?}");
+    tx.rollback().await.expect("rollback");
+
+    store.close().await;
+    db.drop_database().await.expect("drop database");
+}
+
+/// Re-appending already stored events inside a caller's transaction on a one-connection pool
+/// is recognised as a retry, on the caller's connection.
+#[tokio::test]
+async fn append_in_retry_on_one_connection_is_recognised() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = one_connection_store(&db).await;
+    let target = stream("single-retry");
+    let events = vec![event(1), event(2)];
+    let first = store
+        .append(&target, ExpectedVersion::NoStream, events.clone())
+        .await
+        .expect("first append");
+
+    let mut tx = store.pool().begin().await.expect("begin");
+    let (result, took) =
+        timed(store.append_in(&mut tx, &target, ExpectedVersion::NoStream, events)).await;
+    let again = result.expect("a retry of the stored append");
+    assert!(again.already_stored);
+    assert_eq!(again.stream_version, first.stream_version);
+    assert_eq!(again.positions, first.positions);
+    assert!(took < PROMPT, "the retry took {took:?}");
+    tx.commit().await.expect("commit");
+
+    store.close().await;
+    db.drop_database().await.expect("drop database");
+}
+
+/// An append in a caller's transaction on a one-connection pool that loses the race for its
+/// version (its statement fails, aborting the transaction, and the pool has no other
+/// connection): a typed conflict comes back at once, naming the lowest version the stream now
+/// has, instead of waiting for the connection the caller holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_in_lost_race_on_one_connection_is_prompt() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = one_connection_store(&db).await;
+    let other = PostgresStore::new(db.pool(2).await.expect("another pool"));
+    let target = stream("single-race");
+
+    let mut holder = other.pool().begin().await.expect("begin");
+    other
+        .append_in(
+            &mut holder,
+            &target,
+            ExpectedVersion::NoStream,
+            vec![event(1)],
+        )
+        .await
+        .expect("append in the held transaction");
+    let queued = tokio::spawn({
+        let (store, target) = (store.clone(), target.clone());
+        async move {
+            let mut tx = store.pool().begin().await.expect("begin");
+            let result =
+                timed(store.append_in(&mut tx, &target, ExpectedVersion::NoStream, vec![event(2)]))
+                    .await;
+            tx.rollback().await.expect("rollback");
+            result
+        }
+    });
+    wait_for_lock_waiters(other.pool(), 1).await;
+    let committed = std::time::Instant::now();
+    holder.commit().await.expect("commit");
+    let (result, _) = queued.await.expect("append task");
+    let after_commit = committed.elapsed();
+    let error = result.expect_err("the race is lost");
+    let conflict = error
+        .as_conflict()
+        .unwrap_or_else(|| panic!("a typed conflict, got {error}"));
+    assert_eq!(conflict.actual.get(), 1);
+    assert!(
+        after_commit < PROMPT,
+        "the conflict came {after_commit:?} after the winner committed"
+    );
+
+    other.close().await;
+    store.close().await;
+    db.drop_database().await.expect("drop database");
+}
+
+/// Re-appending stored events under `Any` inside a caller's transaction makes the statement
+/// fail on the event ids; on a one-connection pool the store cannot look them up, and says so
+/// at once instead of waiting for the connection the caller holds.
+#[tokio::test]
+async fn append_in_stored_ids_on_one_connection_fail_promptly() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = one_connection_store(&db).await;
+    let target = stream("single-ids");
+    let events = vec![event(1)];
+    store
+        .append(&target, ExpectedVersion::Any, events.clone())
+        .await
+        .expect("first append");
+
+    let mut tx = store.pool().begin().await.expect("begin");
+    let (result, took) =
+        timed(store.append_in(&mut tx, &target, ExpectedVersion::Any, events)).await;
+    let error = result.expect_err("no lookup is possible");
+    assert!(
+        error.to_string().contains("already stored"),
+        "the error says why: {error}"
+    );
+    assert!(took < PROMPT, "the error took {took:?}");
+    tx.rollback().await.expect("rollback");
+
+    store.close().await;
+    db.drop_database().await.expect("drop database");
+}
+
 /// The SQLSTATE of a failed statement.
 fn sqlstate(error: sqlx::Error) -> String {
     error

@@ -3,9 +3,10 @@
 -- Only events whose transaction id is below the horizon $7 are read: every transaction below it
 -- that can write events has ended, so no event can later appear before them. $7 comes from a
 -- separate, earlier statement (feed_horizon.sql, Writers mode; see feed_horizon.rs); NULL means
--- the oldest transaction still running on the server (this snapshot's xmin, Cluster mode). Events are examined in (transaction_id, position) order, at most $3 of them, one
--- row per examined event, so the reader counts what it examined and continues after the last
--- row, whether or not that event passed the filter.
+-- the oldest transaction still running on the server (this snapshot's xmin, Cluster mode).
+-- Events are examined in (transaction_id, position) order, at most $3 of them, one row per
+-- examined event, so the reader counts what it examined and continues after the last row,
+-- whether or not that event passed the filter.
 --
 -- `wanted` tells whether an event passes the filter (categories $4 and types $5; NULL: all).
 -- `cut` marks the events past the byte budget $6: those after which the wanted events' stored

@@ -24,9 +24,16 @@ WITH bound AS (
     SELECT pg_snapshot_xmax(pg_current_snapshot()) AS xid,
            pg_snapshot_xmax(pg_current_snapshot())::text::numeric AS n
 ),
+locks AS MATERIALIZED (
+    -- One read of the lock table (each mention of pg_locks would read it again).
+    SELECT l.locktype, l.database, l.relation, l.mode, l.granted, l.virtualtransaction,
+           l.transactionid, l.pid
+    FROM pg_locks l
+    WHERE l.locktype IN ('relation', 'transactionid')
+),
 writers AS (
     SELECT DISTINCT l.virtualtransaction
-    FROM pg_locks l
+    FROM locks l
     WHERE l.locktype = 'relation'
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND l.relation = 'eventsource.events'::regclass
@@ -38,10 +45,10 @@ writer_ids AS (
            b.n + ((t.transactionid::text::numeric - mod(b.n, 4294967296) + 6442450944)
                   % 4294967296) - 2147483648 AS widened
     FROM writers w
-    JOIN pg_locks t ON t.virtualtransaction = w.virtualtransaction
-                   AND t.locktype = 'transactionid'
-                   AND t.mode = 'ExclusiveLock'
-                   AND t.granted
+    JOIN locks t ON t.virtualtransaction = w.virtualtransaction
+                AND t.locktype = 'transactionid'
+                AND t.mode = 'ExclusiveLock'
+                AND t.granted
     CROSS JOIN bound b
 ),
 oldest AS (

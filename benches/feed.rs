@@ -4,6 +4,11 @@
 //! DATABASE_URL=postgres://... cargo bench --bench feed
 //! ```
 //!
+//! Reads and deliveries are measured once per feed horizon (`FeedHorizon::Cluster`, then
+//! `FeedHorizon::Writers`, over the same events), so the cost of computing the writers'
+//! horizon shows beside the server-wide one; `EVENTSOURCE_FEED_HORIZONS=writers` (or `cluster`)
+//! measures one only.
+//!
 //! Each figure is reported beside the same rows handled with plain sqlx on the same server, so
 //! the ratio (not the absolute number) is what to compare across machines.
 //!
@@ -29,7 +34,7 @@
 use std::time::{Duration, Instant};
 
 use eventsource::postgres::testing::TestDatabase;
-use eventsource::postgres::PostgresStore;
+use eventsource::postgres::{FeedHorizon, PostgresStore};
 use eventsource::{
     read_feed, BatchSize, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedPosition,
     NewEvent, StreamId, Subscribe, Subscription, SubscriptionOptions,
@@ -142,35 +147,59 @@ async fn main() -> Result<(), BoxError> {
     let total = ROUNDS * (SINGLE_APPENDS + WRITERS * APPENDS_PER_WRITER + BATCH_APPENDS * BATCH);
     assert_eq!(framework_read_all(&store).await?, total);
     assert_eq!(raw_read_all(&pool).await?, total);
-    let mut times = Times::default();
-    for round in 0..READ_ROUNDS {
-        for side in Side::order(round) {
-            let start = Instant::now();
-            let read = match side {
-                Side::Framework => framework_read_all(&store).await?,
-                Side::Baseline => raw_read_all(&pool).await?,
-            };
-            times.add(side, start.elapsed());
-            assert_eq!(read, total);
+    let horizons = horizons()?;
+    for &horizon in &horizons {
+        let store = store.clone().with_feed_horizon(horizon);
+        let mut times = Times::default();
+        for round in 0..READ_ROUNDS {
+            for side in Side::order(round) {
+                let start = Instant::now();
+                let read = match side {
+                    Side::Framework => framework_read_all(&store).await?,
+                    Side::Baseline => raw_read_all(&pool).await?,
+                };
+                times.add(side, start.elapsed());
+                assert_eq!(read, total);
+            }
         }
+        times.report(&format!("read ({horizon:?})"), total);
     }
-    times.report("read the feed", total);
 
     // Live delivery latency: append -> subscriber, vs INSERT + NOTIFY -> LISTEN -> read.
-    let (framework, baseline) = delivery_latency(&store, &pool).await?;
-    println!(
-        "{:<22} p50 {:>6.2} ms  p99 {:>6.2} ms   baseline (INSERT+NOTIFY -> LISTEN -> SELECT) p50 {:>6.2} ms  p99 {:>6.2} ms   ratio p50 {:.2}x",
-        "append -> subscriber",
-        ms(framework.0),
-        ms(framework.1),
-        ms(baseline.0),
-        ms(baseline.1),
-        framework.0.as_secs_f64() / baseline.0.as_secs_f64()
-    );
+    for &horizon in &horizons {
+        let store = store.clone().with_feed_horizon(horizon);
+        let (framework, baseline) = delivery_latency(&store, &pool).await?;
+        println!(
+            "{:<22} p50 {:>6.2} ms  p99 {:>6.2} ms   baseline (INSERT+NOTIFY -> LISTEN -> SELECT) p50 {:>6.2} ms  p99 {:>6.2} ms   ratio p50 {:.2}x",
+            format!("deliver ({horizon:?})"),
+            ms(framework.0),
+            ms(framework.1),
+            ms(baseline.0),
+            ms(baseline.1),
+            framework.0.as_secs_f64() / baseline.0.as_secs_f64()
+        );
+    }
 
     store.pool().close().await;
     db.drop_database().await?;
     Ok(())
+}
+
+/// The feed horizons to measure reads and deliveries with, in order: `EVENTSOURCE_FEED_HORIZONS`
+/// (a comma-separated list of `cluster` and `writers`), by default both.
+fn horizons() -> Result<Vec<FeedHorizon>, BoxError> {
+    let list =
+        std::env::var("EVENTSOURCE_FEED_HORIZONS").unwrap_or_else(|_| "cluster,writers".to_owned());
+    list.split(',')
+        .map(|name| match name.trim() {
+            "cluster" => Ok(FeedHorizon::Cluster),
+            "writers" => Ok(FeedHorizon::Writers),
+            other => Err(format!(
+                "EVENTSOURCE_FEED_HORIZONS: unknown horizon `{other}` (use cluster, writers)"
+            )
+            .into()),
+        })
+        .collect()
 }
 
 /// Which side of a comparison runs.

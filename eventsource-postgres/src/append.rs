@@ -82,6 +82,9 @@ impl PostgresStore {
     /// id, and another writer's events appended (and committed) in between would come before
     /// its events in the feed, whatever their stream versions. Do not retry a conflict inside the
     /// same transaction (with a savepoint): a conflict aborts the transaction; retry in a new one.
+    /// The default [`FeedHorizon::Writers`](crate::FeedHorizon::Writers) relies on the rule to
+    /// see every open writer: a transaction that wrote elsewhere first is invisible to it until
+    /// it appends, and its events could be skipped by a reader that passed their place.
     ///
     /// Subscribers are notified when the caller's transaction commits (by the events table's
     /// trigger). After a conflict, roll the caller's transaction back.

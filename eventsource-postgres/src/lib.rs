@@ -1,7 +1,8 @@
 //! The PostgreSQL event store for eventsource.
 //!
 //! - [`PostgresStore`]: versioned appends in one statement, stream reads, and the global feed
-//!   read below the transaction-id horizon, so it never skips an event that commits late;
+//!   read below the transaction-id horizon, so it never skips an event that commits late
+//!   ([`FeedHorizon`] chooses which open transactions hold it back);
 //! - [`PostgresStore::migrate`]: creates the `eventsource` schema from `migrations/`;
 //! - [`projection`]: projection runners, rebuilds, dead letters and lag;
 //! - [`LocalServer`]: a throwaway server from the installed binaries, for development;
@@ -11,6 +12,7 @@
 mod append;
 mod error;
 mod feed_guard;
+mod feed_horizon;
 mod feed_position;
 mod listener;
 pub mod local_server;
@@ -25,6 +27,8 @@ mod store;
 mod subscribe;
 pub mod testing;
 
+#[doc(inline)]
+pub use feed_horizon::FeedHorizon;
 pub use feed_position::feed_position;
 pub use listener::ListenerStats;
 pub use local_server::LocalServer;

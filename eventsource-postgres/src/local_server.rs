@@ -85,8 +85,11 @@ impl LocalServer {
                 "--no-sync".as_ref(),
             ],
         )?;
+        // Prepared transactions on, so two-phase commits (and the tests that hold an append
+        // prepared) work.
         let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=200 \
+             -c max_prepared_transactions=64",
             server.port,
             server.data_dir.display()
         );

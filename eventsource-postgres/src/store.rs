@@ -10,6 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::error::backend;
+use crate::feed_horizon::FeedHorizon;
 use crate::listener::ListenerStats;
 use crate::notifier::Notifier;
 use crate::redact::{misspelled_password_key, redact_url, target};
@@ -44,6 +45,7 @@ const MIGRATION_LOCK: i64 = 0x6576_656e_7473_7263;
 pub struct PostgresStore {
     pub(crate) pool: PgPool,
     pub(crate) limits: Limits,
+    pub(crate) feed_horizon: FeedHorizon,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -67,6 +69,7 @@ impl PostgresStore {
         Self {
             pool,
             limits: Limits::default(),
+            feed_horizon: FeedHorizon::default(),
             shared: Arc::default(),
         }
     }
@@ -92,6 +95,29 @@ impl PostgresStore {
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// The same store finding the feed's horizon another way (default
+    /// [`FeedHorizon::Writers`]: only open transactions that can commit events in this database
+    /// hold subscribers back; [`FeedHorizon::Cluster`]: any open write transaction on the
+    /// server does, for servers where reading `pg_locks` is not possible or wanted).
+    ///
+    /// ```no_run
+    /// use eventsource_postgres::{FeedHorizon, PostgresStore};
+    /// # async fn run() -> Result<(), eventsource_core::StoreError> {
+    /// let store = PostgresStore::connect("postgres://postgres@127.0.0.1:5432/postgres")
+    ///     .await?
+    ///     .with_feed_horizon(FeedHorizon::Cluster);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_feed_horizon(mut self, horizon: FeedHorizon) -> Self {
+        self.feed_horizon = horizon;
+        self
+    }
+
+    /// How this store's feed finds its horizon.
+    pub fn feed_horizon(&self) -> FeedHorizon {
+        self.feed_horizon
     }
 
     /// The same store with subscriptions that only poll, never LISTEN (for servers behind a

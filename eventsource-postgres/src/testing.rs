@@ -2,8 +2,10 @@
 //!
 //! The server is the one `DATABASE_URL` names, else [`DEFAULT_DATABASE_URL`]. Each
 //! [`TestDatabase`] is a new database, so tests run in parallel without seeing each other's
-//! events (the feed's transaction-id horizon is still shared by the whole server: a test that
-//! holds a write transaction open delays, but never breaks, the feeds of the others).
+//! events or holding back each other's feeds (under the default
+//! [`FeedHorizon::Writers`](crate::FeedHorizon::Writers); a store set to
+//! [`FeedHorizon::Cluster`](crate::FeedHorizon::Cluster) shares the server's horizon: a test
+//! that holds a write transaction open delays, but never breaks, its feed).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};

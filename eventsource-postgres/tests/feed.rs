@@ -11,7 +11,7 @@ use eventsource_core::{
     NewEvent, RecordedEvent, StoreError, StreamId, Subscribe, Subscription, SubscriptionOptions,
 };
 use eventsource_postgres::testing::TestDatabase;
-use eventsource_postgres::PostgresStore;
+use eventsource_postgres::{FeedHorizon, PostgresStore};
 use futures::StreamExt;
 use serde_json::json;
 use uuid::Uuid;
@@ -335,8 +335,8 @@ async fn collect_with_restart(
     (all, position)
 }
 
-/// A long write transaction on an unrelated table holds subscribers back; they resume when it
-/// ends; the store names the holder and the subscription logs it at warn level.
+/// In Cluster mode, a long write transaction on an unrelated table holds subscribers back; they
+/// resume when it ends; the store names the holder and the subscription logs it at warn level.
 #[tokio::test(flavor = "current_thread")]
 async fn long_write_transaction_holds_and_is_reported() {
     let logs = LogCapture::default();
@@ -348,6 +348,7 @@ async fn long_write_transaction_holds_and_is_reported() {
             .finish(),
     );
     let (_db, store) = fresh_store().await;
+    let store = store.with_feed_horizon(FeedHorizon::Cluster);
     sqlx::query("CREATE TABLE unrelated (x int)")
         .execute(store.pool())
         .await

@@ -1,4 +1,4 @@
--- What holds the feed back: committed events at or above the horizon (the oldest running
+-- What holds the feed back in Cluster mode: committed events at or above the horizon (the oldest running
 -- transaction id), and the oldest transaction holding an id (a backend or a prepared transaction).
 WITH horizon AS (
     SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin

@@ -1,10 +1,12 @@
 -- One bounded batch of the global feed after ($1 transaction id, $2 position).
 --
--- Only events whose transaction id is below the oldest transaction still running (the snapshot's
--- xmin, the "horizon") are read: every such transaction has ended, so no event can later appear
--- before them. Events are examined in (transaction_id, position) order, at most $3 of them, one
--- row per examined event, so the reader counts what it examined and continues after the last
--- row, whether or not that event passed the filter.
+-- Only events whose transaction id is below the horizon $7 are read: every transaction below it
+-- that can write events has ended, so no event can later appear before them. $7 comes from a
+-- separate, earlier statement (feed_horizon.sql, Writers mode; see feed_horizon.rs); NULL means
+-- the oldest transaction still running on the server (this snapshot's xmin, Cluster mode).
+-- Events are examined in (transaction_id, position) order, at most $3 of them, one row per
+-- examined event, so the reader counts what it examined and continues after the last row,
+-- whether or not that event passed the filter.
 --
 -- `wanted` tells whether an event passes the filter (categories $4 and types $5; NULL: all).
 -- `cut` marks the events past the byte budget $6: those after which the wanted events' stored
@@ -45,7 +47,7 @@ FROM (
                        AND ($5::text[] IS NULL OR e.event_type = ANY ($5::text[])) AS wanted
             FROM eventsource.events e
             WHERE (e.transaction_id, e.position) > ($1::xid8, $2::bigint)
-              AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+              AND e.transaction_id < COALESCE($7::xid8, pg_snapshot_xmin(pg_current_snapshot()))
             ORDER BY e.transaction_id, e.position
             LIMIT $3
         ) z

@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 use eventsource::postgres::testing::TestDatabase;
 use eventsource::postgres::{FeedHorizon, PostgresStore};
 use eventsource::{
-    read_feed, BatchSize, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedPosition,
-    NewEvent, StreamId, Subscribe, Subscription, SubscriptionOptions,
+    read_feed, BatchSize, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedOptions,
+    FeedPosition, NewEvent, StreamId, Subscribe, Subscription,
 };
 use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
@@ -438,7 +438,7 @@ async fn delivery_latency(
 
 /// A subscription that has delivered everything appended so far.
 async fn caught_up_subscription(store: &PostgresStore) -> Result<Subscription, BoxError> {
-    let mut subscription = store.subscribe(FeedPosition::START, SubscriptionOptions::default());
+    let mut subscription = store.subscribe(FeedPosition::START, FeedOptions::default());
     let head = read_feed(
         store,
         FeedPosition::START,

@@ -16,8 +16,8 @@ use std::time::Instant;
 use eventsource::postgres::testing::TestDatabase;
 use eventsource::postgres::PostgresStore;
 use eventsource::{
-    EventAppender, EventMetadata, ExpectedVersion, FeedPosition, NewEvent, StreamId, Subscribe,
-    SubscriptionOptions,
+    EventAppender, EventMetadata, ExpectedVersion, FeedOptions, FeedPosition, NewEvent, StreamId,
+    Subscribe,
 };
 use futures::TryStreamExt;
 use serde_json::json;
@@ -81,7 +81,7 @@ async fn subscription_peak(store: &PostgresStore, count: usize) -> Result<(u64, 
     reset_peak();
     let (before, _) = rss();
     let started = Instant::now();
-    let mut subscription = store.subscribe(FeedPosition::START, SubscriptionOptions::default());
+    let mut subscription = store.subscribe(FeedPosition::START, FeedOptions::default());
     for _ in 0..count {
         let event = subscription
             .try_next()

@@ -211,7 +211,7 @@ async fn catch_up<P: Projection>(store: &PostgresStore, projection: P) -> BenchR
     let projection = Arc::new(projection);
     let runner =
         ProjectionRunner::with_shared(store.clone(), projection).with_options(RunnerOptions {
-            batch_size: BATCH,
+            feed: eventsource::FeedOptions::default().with_batch_size(BATCH),
             ..RunnerOptions::default()
         });
     runner.run_until_caught_up().await?;

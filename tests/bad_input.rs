@@ -10,8 +10,8 @@ use eventsource::postgres::testing::TestDatabase;
 use eventsource::postgres::PostgresStore;
 use eventsource::{
     Aggregate, BatchSize, CommandContext, CommandError, DomainEvent, EncodeError, EventAppender,
-    EventMetadata, EventStore, ExpectedVersion, FeedFilter, FeedPosition, FeedReader,
-    InMemoryStore, NewEvent, Repository, StreamId, StreamReader, Subscribe, SubscriptionOptions,
+    EventMetadata, EventStore, ExpectedVersion, FeedFilter, FeedOptions, FeedPosition, FeedReader,
+    InMemoryStore, NewEvent, Repository, StreamId, StreamReader, Subscribe,
 };
 use futures::TryStreamExt;
 use serde_json::json;
@@ -148,7 +148,7 @@ async fn rows_nested_deeper_than_serde_json_reads_are_read_back() {
         .expect("the feed reads");
     assert_eq!(batch.events.len(), 2, "the feed goes past the deep event");
 
-    let mut subscription = store.subscribe(FeedPosition::START, SubscriptionOptions::default());
+    let mut subscription = store.subscribe(FeedPosition::START, FeedOptions::default());
     for expected in ["Deep", "After"] {
         let event = subscription
             .try_next()

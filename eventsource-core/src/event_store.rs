@@ -72,6 +72,18 @@ pub trait FeedReader: Send + Sync {
     ) -> Result<FeedBatch, StoreError>;
 }
 
+#[async_trait]
+impl<T: FeedReader + ?Sized> FeedReader for &T {
+    async fn read_feed_batch(
+        &self,
+        after: FeedPosition,
+        size: BatchSize,
+        filter: &FeedFilter,
+    ) -> Result<FeedBatch, StoreError> {
+        (**self).read_feed_batch(after, size, filter).await
+    }
+}
+
 /// A complete event store: appends, stream reads and feed reads.
 pub trait EventStore: EventAppender + StreamReader + FeedReader {}
 

@@ -148,7 +148,8 @@ pub struct FeedBatch {
     pub reached_head: bool,
 }
 
-/// Reads the feed after `after` up to the current head, in batches of `batch_size`, as a stream.
+/// Reads the feed after `after` up to the current head, in batches of `batch_size`, as a stream
+/// (a catch-up [`FeedFollower`](crate::FeedFollower) underneath).
 ///
 /// Memory stays bounded by one batch, however long the feed. The stream ends at the head; use a
 /// subscription to follow new events. A batch size the store refuses (0) is the stream's first
@@ -159,31 +160,19 @@ pub fn read_feed<'a, S: FeedReader + ?Sized>(
     batch_size: BatchSize,
     filter: FeedFilter,
 ) -> EventStream<'a> {
-    struct State {
-        after: FeedPosition,
-        done: bool,
-        filter: FeedFilter,
-    }
-    let state = State {
-        after,
-        done: false,
-        filter,
-    };
-    stream::try_unfold(state, move |mut state| async move {
-        loop {
-            if state.done {
-                return Ok::<_, StoreError>(None);
-            }
-            let batch = store
-                .read_feed_batch(state.after, batch_size, &state.filter)
-                .await?;
-            state.after = batch.next;
-            state.done = batch.reached_head;
-            if !batch.events.is_empty() {
-                let events = stream::iter(batch.events.into_iter().map(Ok::<_, StoreError>));
-                return Ok(Some((events, state)));
-            }
-        }
+    let options = crate::FeedOptions::default()
+        .with_batch_size(batch_size.events)
+        .with_max_batch_bytes(batch_size.bytes)
+        .with_filter(filter);
+    let follower = Some(crate::FeedFollower::catch_up(store, after, options));
+    stream::try_unfold(follower, |follower| async move {
+        let Some(mut follower) = follower else {
+            return Ok::<_, StoreError>(None);
+        };
+        let batch = follower.next().await?;
+        let events = stream::iter(batch.events.into_iter().map(Ok::<_, StoreError>));
+        let rest = (!batch.reached_head).then_some(follower);
+        Ok(Some((events, rest)))
     })
     .try_flatten()
     .boxed()

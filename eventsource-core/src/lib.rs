@@ -20,6 +20,7 @@ pub mod event;
 pub mod event_store;
 pub mod expected_version;
 pub mod feed;
+pub mod feed_follower;
 pub mod idempotency;
 pub mod json_nesting;
 pub mod limits;
@@ -46,6 +47,7 @@ pub use event_store::{
 };
 pub use expected_version::ExpectedVersion;
 pub use feed::{read_feed, BatchSize, FeedBatch, FeedFilter};
+pub use feed_follower::{FeedFollower, FeedOptions, FollowerStatus, Outage};
 pub use idempotency::{replayed_append, StoredEventLocation};
 pub use limits::Limits;
 pub use memory_store::InMemoryStore;
@@ -56,8 +58,5 @@ pub use retry_policy::RetryPolicy;
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use snapshot_policy::SnapshotPolicy;
 pub use stream_id::{Category, StreamId};
-pub use subscription::{
-    FeedHoldup, Outage, Subscribe, Subscription, SubscriptionOptions, SubscriptionStatus,
-    WakeSignal,
-};
+pub use subscription::{FeedHoldup, Subscribe, Subscription, WakeSignal};
 pub use version::StreamVersion;

@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use eventsource_core::{
-    BatchSize, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedPosition, FeedReader,
-    NewEvent, RecordedEvent, StoreError, StreamId, Subscribe, Subscription, SubscriptionOptions,
+    BatchSize, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedOptions,
+    FeedPosition, FeedReader, NewEvent, RecordedEvent, StoreError, StreamId, Subscribe,
+    Subscription,
 };
 use eventsource_postgres::testing::TestDatabase;
 use eventsource_postgres::{FeedHorizon, PostgresStore};
@@ -30,8 +31,8 @@ async fn fresh_store() -> (TestDatabase, PostgresStore) {
     (db, store)
 }
 
-fn fast_options() -> SubscriptionOptions {
-    SubscriptionOptions::default()
+fn fast_options() -> FeedOptions {
+    FeedOptions::default()
         .with_batch_size(100)
         .with_poll_interval(Duration::from_millis(100))
 }

@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use eventsource_core::{
-    EventAppender, EventMetadata, ExpectedVersion, FeedPosition, NewEvent, RecordedEvent, StreamId,
-    Subscribe, Subscription, SubscriptionOptions,
+    EventAppender, EventMetadata, ExpectedVersion, FeedOptions, FeedPosition, NewEvent,
+    RecordedEvent, StreamId, Subscribe, Subscription,
 };
 use eventsource_postgres::testing::TestDatabase;
 use eventsource_postgres::PostgresStore;
@@ -39,7 +39,7 @@ async fn every_commit_wakes_a_subscriber_that_never_polls() {
     let db = TestDatabase::create().await.expect("test database");
     let writer = db.store().await.expect("migrated store");
     let reader = PostgresStore::new(db.pool(4).await.expect("reader pool"));
-    let options = SubscriptionOptions::default().with_poll_interval(Duration::from_secs(3600));
+    let options = FeedOptions::default().with_poll_interval(Duration::from_secs(3600));
     let mut subscription = reader.subscribe(FeedPosition::START, options);
 
     // The first event also proves the listener is up: it is read at the latest when the

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use common::proxy::Proxy;
 use eventsource_core::testing::counter::{Counter, Increment};
 use eventsource_core::{
-    Aggregate as _, CommandContext, EventAppender, EventMetadata, ExpectedVersion, FeedPosition,
-    NewEvent, RecordedEvent, Repository, StreamId, StreamReader, StreamVersion, Subscribe,
-    Subscription, SubscriptionOptions,
+    Aggregate as _, CommandContext, EventAppender, EventMetadata, ExpectedVersion, FeedOptions,
+    FeedPosition, NewEvent, RecordedEvent, Repository, StreamId, StreamReader, StreamVersion,
+    Subscribe, Subscription,
 };
 use eventsource_postgres::testing::TestDatabase;
 use eventsource_postgres::PostgresStore;
@@ -71,8 +71,8 @@ async fn subscriptions_ride_out_lost_connections() {
         .expect("connect through the proxy");
     let through_proxy = PostgresStore::new(pool);
     let stream = StreamId::new("outage", "1").expect("id");
-    let options = SubscriptionOptions::default().with_poll_interval(Duration::from_millis(100));
-    let options = SubscriptionOptions {
+    let options = FeedOptions::default().with_poll_interval(Duration::from_millis(100));
+    let options = FeedOptions {
         max_reconnect_delay: Duration::from_millis(200),
         ..options
     };

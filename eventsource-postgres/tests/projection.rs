@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use eventsource_core::{
     BatchSize, BoxError, Category, EventAppender, EventMetadata, ExpectedVersion, FeedFilter,
-    FeedPosition, FeedReader, NewEvent, RecordedEvent, StreamId,
+    FeedOptions, FeedPosition, FeedReader, NewEvent, RecordedEvent, StreamId,
 };
 use eventsource_postgres::projection::{
     dead_letters, lag, rebuild, FailurePolicy, OnFailure, Projection, ProjectionError,
@@ -140,9 +140,9 @@ async fn expected(store: &PostgresStore, exclude_poison: bool) -> Vec<(String, i
 
 fn quick_options(batch_size: usize) -> RunnerOptions {
     RunnerOptions {
-        batch_size,
-        max_batch_bytes: BatchSize::DEFAULT_BYTES,
-        poll_interval: Duration::from_millis(100),
+        feed: FeedOptions::default()
+            .with_batch_size(batch_size)
+            .with_poll_interval(Duration::from_millis(100)),
         standby_retry: Duration::from_millis(50),
         failure: FailurePolicy {
             max_attempts: 1,
@@ -610,7 +610,7 @@ async fn rebuild_while_writers_append() {
     let progress = Arc::new(AtomicUsize::new(0));
     let seen = progress.clone();
     let options = RebuildOptions {
-        batch_size: 50,
+        feed: FeedOptions::default().with_batch_size(50),
         lock_retry: Duration::from_millis(50),
         ..RebuildOptions::default()
     };
@@ -656,7 +656,7 @@ async fn interrupted_rebuild_resumes() {
     let stuck = Arc::new(Tally::default());
     *stuck.stall_after.lock().unwrap() = Some(3);
     let options = RebuildOptions {
-        batch_size: 20,
+        feed: FeedOptions::default().with_batch_size(20),
         lock_retry: Duration::from_millis(50),
         ..RebuildOptions::default()
     };
@@ -733,10 +733,8 @@ async fn lag_is_observable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_stops_on_errors_that_cannot_clear() {
     let (_db, store) = fresh().await;
-    let zero = ProjectionRunner::new(store.clone(), Tally::default()).with_options(RunnerOptions {
-        batch_size: 0,
-        ..quick_options(1)
-    });
+    let zero =
+        ProjectionRunner::new(store.clone(), Tally::default()).with_options(quick_options(0));
     let refused = zero
         .run(CancellationToken::new())
         .await
@@ -772,7 +770,7 @@ async fn rebuild_settles_the_dead_letters_it_applied() {
     assert_eq!(parked.len(), 1);
 
     let rebuild_options = RebuildOptions {
-        batch_size: 10,
+        feed: FeedOptions::default().with_batch_size(10),
         lock_retry: Duration::from_millis(50),
         ..RebuildOptions::default()
     };
@@ -834,7 +832,7 @@ async fn rebuild_beside_a_live_runner() {
     let writing = CancellationToken::new();
     let writer = keep_appending(&store, 500, writing.clone());
     let options = RebuildOptions {
-        batch_size: 50,
+        feed: FeedOptions::default().with_batch_size(50),
         lock_retry: Duration::from_millis(50),
         ..RebuildOptions::default()
     };
@@ -888,7 +886,7 @@ async fn swap_waits_out_a_long_reader() {
         let store = store.clone();
         async move {
             let options = RebuildOptions {
-                batch_size: 50,
+                feed: FeedOptions::default().with_batch_size(50),
                 lock_retry: Duration::from_millis(200),
                 ..RebuildOptions::default()
             };

@@ -17,6 +17,7 @@ use crate::event::{NewEvent, RecordedEvent};
 use crate::event_store::{EventAppender, EventStore, FeedReader, StreamReader};
 use crate::expected_version::ExpectedVersion;
 use crate::feed::{read_feed, BatchSize, FeedFilter};
+use crate::feed_follower::FeedOptions;
 use crate::limits::Limits;
 use crate::metadata::EventMetadata;
 use crate::position::FeedPosition;
@@ -25,7 +26,7 @@ use crate::retry_policy::RetryPolicy;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::snapshot_policy::SnapshotPolicy;
 use crate::stream_id::{Category, StreamId};
-use crate::subscription::{Subscribe, SubscriptionOptions};
+use crate::subscription::Subscribe;
 use crate::testing::counter::{Counter, Increment};
 use crate::testing::violation::{ensure, ensure_eq, OrViolation};
 use crate::testing::Violation;
@@ -1088,7 +1089,7 @@ pub async fn subscription_catch_up_and_live<F: StoreFactory>(factory: &F) -> Res
             .await
             .or_violation("append")?;
     }
-    let options = SubscriptionOptions::default()
+    let options = FeedOptions::default()
         .with_batch_size(2)
         .with_poll_interval(std::time::Duration::from_millis(50));
     let mut subscription = store.subscribe(FeedPosition::START, options.clone());
@@ -1145,7 +1146,7 @@ pub async fn subscription_filter_advances<F: StoreFactory>(factory: &F) -> Resul
             .await
             .or_violation("append")?;
     }
-    let options = SubscriptionOptions::default()
+    let options = FeedOptions::default()
         .with_batch_size(3)
         .with_poll_interval(std::time::Duration::from_millis(50))
         .with_filter(FeedFilter::all().with_event_types(["Wanted"]));

@@ -27,7 +27,7 @@
 
 use std::time::Duration;
 
-use eventsource_core::{BatchSize, FeedFilter, FeedPosition, FeedReader};
+use eventsource_core::{FeedFilter, FeedFollower, FeedOptions, FeedPosition};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::error::ProjectionError;
@@ -42,13 +42,12 @@ const COUNT_EVENTS: &str = include_str!("sql/count_events.sql");
 const SETTLE_DEAD_LETTERS: &str = include_str!("sql/settle_dead_letters.sql");
 
 /// How a rebuild runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RebuildOptions {
-    /// Events per transaction (default 1,000).
-    pub batch_size: usize,
-    /// Bytes of payloads and metadata per transaction (default 16 MiB; always at least one
-    /// event).
-    pub max_batch_bytes: usize,
+    /// Events and bytes per transaction (default 1,000 events and 16 MiB), with the reconnect
+    /// backoff of its reads. Its `filter` is ignored: the rebuild reads what
+    /// [`Projection::filter`](super::Projection::filter) asks for.
+    pub feed: FeedOptions,
     /// Discard an interrupted rebuild instead of resuming it.
     pub fresh: bool,
     /// How long to wait before trying again while another rebuild of the projection runs, or
@@ -59,8 +58,7 @@ pub struct RebuildOptions {
 impl Default for RebuildOptions {
     fn default() -> Self {
         Self {
-            batch_size: 1_000,
-            max_batch_bytes: BatchSize::DEFAULT_BYTES,
+            feed: FeedOptions::default().with_batch_size(1_000),
             fresh: false,
             lock_retry: Duration::from_secs(1),
         }
@@ -68,9 +66,15 @@ impl Default for RebuildOptions {
 }
 
 impl RebuildOptions {
-    /// The bound of one batch.
-    pub fn batch(&self) -> BatchSize {
-        BatchSize::events(self.batch_size).with_bytes(self.max_batch_bytes)
+    /// The catch-up follower of the projection's events after `position`.
+    fn follower<'s>(
+        &self,
+        store: &'s PostgresStore,
+        filter: &FeedFilter,
+        position: FeedPosition,
+    ) -> FeedFollower<&'s PostgresStore> {
+        let options = self.feed.clone().with_filter(filter.clone());
+        FeedFollower::catch_up(store, position, options)
     }
 }
 
@@ -166,10 +170,9 @@ async fn replay_and_swap<P: Projection>(
     let mut done = count(store, name, &filter, Some(position)).await?;
     let mut total = count(store, name, &filter, None).await?.max(done);
     progress(RebuildProgress { done, total });
+    let mut feed = options.follower(store, &filter, position);
     loop {
-        let batch = store
-            .read_feed_batch(position, options.batch(), &filter)
-            .await?;
+        let batch = feed.next().await?;
         if batch.next != position {
             let mut tx = conn.begin().await.map_err(db("begin a rebuild batch"))?;
             checkpoint::lock_in_schema(&mut tx, name, &rebuild_checkpoint, &shadow).await?;
@@ -260,10 +263,9 @@ async fn swap<P: Projection>(
         .map_err(db("set the swap's lock timeout"))?;
     set_search_path(name, &mut tx, &shadow).await?;
     let mut caught_up = 0;
+    let mut feed = options.follower(store, &filter, position);
     loop {
-        let batch = store
-            .read_feed_batch(position, options.batch(), &filter)
-            .await?;
+        let batch = feed.next().await?;
         apply(projection, &mut tx, &batch.events).await?;
         position = batch.next;
         caught_up += batch.events.len() as u64;

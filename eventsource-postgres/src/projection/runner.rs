@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_core::{
-    BatchSize, FeedBatch, FeedPosition, FeedReader, RecordedEvent, StoreError, Subscribe,
+    FeedBatch, FeedFollower, FeedOptions, FeedPosition, RecordedEvent, StoreError,
 };
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
@@ -50,14 +50,12 @@ impl Default for FailurePolicy {
 }
 
 /// How a runner reads, waits and fails.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RunnerOptions {
-    /// Events examined per batch and transaction (default 500).
-    pub batch_size: usize,
-    /// Bytes of payloads and metadata per batch (default 16 MiB; always at least one event).
-    pub max_batch_bytes: usize,
-    /// Re-read interval when no notification comes (default 1 s).
-    pub poll_interval: Duration,
+    /// How the runner follows the feed: events and bytes per batch and transaction, poll
+    /// interval, holdup warnings, reconnect backoff. Its `filter` is ignored: the runner reads
+    /// what [`Projection::filter`](super::Projection::filter) asks for.
+    pub feed: FeedOptions,
     /// How often a standby tries to become active (default 1 s).
     pub standby_retry: Duration,
     /// What to do when the handler fails.
@@ -67,19 +65,10 @@ pub struct RunnerOptions {
 impl Default for RunnerOptions {
     fn default() -> Self {
         Self {
-            batch_size: 500,
-            max_batch_bytes: BatchSize::DEFAULT_BYTES,
-            poll_interval: Duration::from_secs(1),
+            feed: FeedOptions::default(),
             standby_retry: Duration::from_secs(1),
             failure: FailurePolicy::default(),
         }
-    }
-}
-
-impl RunnerOptions {
-    /// The bound of one batch.
-    pub fn batch(&self) -> BatchSize {
-        BatchSize::events(self.batch_size).with_bytes(self.max_batch_bytes)
     }
 }
 
@@ -262,10 +251,11 @@ impl<P: Projection> ProjectionRunner<P> {
         for table in self.projection.tables() {
             check_identifier(name, "table", table)?;
         }
-        if self.options.batch_size == 0 || self.options.max_batch_bytes == 0 {
+        if self.options.feed.batch().check().is_err() {
             return Err(ProjectionError::Invalid {
                 projection: name.to_owned(),
-                problem: "RunnerOptions::batch_size or max_batch_bytes is 0; use at least 1".into(),
+                problem: "RunnerOptions::feed allows 0 events or 0 bytes per batch; use at least 1"
+                    .into(),
             });
         }
         let options = (*self.store.pool().connect_options()).clone();
@@ -335,17 +325,18 @@ impl<P: Projection> ProjectionRunner<P> {
             s.position = position;
             s.state = RunnerState::CatchingUp;
         });
-        let mut wake = self.store.wake_signal();
-        let filter = self.projection.filter();
+        let options = self
+            .options
+            .feed
+            .clone()
+            .with_filter(self.projection.filter());
+        let mut feed = FeedFollower::new(self.store.clone(), position, options);
         loop {
-            if shutdown.is_cancelled() {
-                return Ok(());
-            }
-            wake.borrow_and_update();
-            let batch = self
-                .store
-                .read_feed_batch(position, self.options.batch(), &filter)
-                .await?;
+            let batch = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                batch = feed.next() => batch?,
+            };
             let moved = if !batch.events.is_empty() {
                 self.apply_batch(conn, position, &batch).await
             } else if batch.next != position {
@@ -362,28 +353,17 @@ impl<P: Projection> ProjectionRunner<P> {
                 // operator) moved the checkpoint: the tables now match the new one.
                 Err(ProjectionError::CheckpointMoved { found, .. }) => {
                     tracing::info!(projection = self.projection.name(), from = %found, "the checkpoint was moved (a rebuild swapped its tables in); continuing from it");
+                    feed.seek(found);
                     found
                 }
                 Err(error) => return Err(error),
             };
             self.status.send_modify(|s| s.position = position);
-            if !batch.reached_head {
-                continue;
-            }
-            self.set_state(RunnerState::Live);
-            if stop_at.is_some_and(|target| position >= target) {
-                return Ok(());
-            }
-            // Without a signal source (a store without notifications), only polling wakes.
-            let woken = async {
-                if wake.changed().await.is_err() {
-                    std::future::pending::<()>().await;
+            if batch.reached_head {
+                self.set_state(RunnerState::Live);
+                if stop_at.is_some_and(|target| position >= target) {
+                    return Ok(());
                 }
-            };
-            tokio::select! {
-                () = woken => {}
-                () = tokio::time::sleep(self.options.poll_interval) => {}
-                () = shutdown.cancelled() => {}
             }
         }
     }

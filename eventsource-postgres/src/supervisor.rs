@@ -202,7 +202,7 @@ pub struct SupervisorOptions {
     /// rolled back: nothing is half-applied, the batch is applied again at the next start.
     pub shutdown_timeout: Duration,
     /// How often the supervisor looks at each component's state while running, to time
-    /// [`ComponentStatus::since`] (default 1 s).
+    /// [`ComponentStatus::since`] (default 100 ms).
     pub observe_interval: Duration,
 }
 
@@ -213,7 +213,7 @@ impl Default for SupervisorOptions {
             max_backoff: Duration::from_secs(60),
             healthy_after: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
-            observe_interval: Duration::from_secs(1),
+            observe_interval: Duration::from_millis(100),
         }
     }
 }

@@ -5,6 +5,8 @@
 //!   ([`FeedHorizon`] chooses which open transactions hold it back);
 //! - [`PostgresStore::migrate`]: creates the `eventsource` schema from `migrations/`;
 //! - [`projection`]: projection runners, rebuilds, dead letters and lag;
+//! - [`Supervisor`]: runs several projection runners (any [`Component`]) under one shutdown,
+//!   with one status view and restarts with backoff;
 //! - [`LocalServer`]: a throwaway server from the installed binaries, for development;
 //! - [`testing`]: a fresh database per test.
 #![deny(missing_docs)]
@@ -25,6 +27,7 @@ mod row;
 mod snapshot;
 mod store;
 mod subscribe;
+mod supervisor;
 pub mod testing;
 
 #[doc(inline)]
@@ -33,3 +36,8 @@ pub use feed_position::feed_position;
 pub use listener::ListenerStats;
 pub use local_server::LocalServer;
 pub use store::{PostgresStore, DEFAULT_DATABASE_URL};
+#[doc(inline)]
+pub use supervisor::{
+    Component, ComponentProgress, ComponentState, ComponentStatus, Supervisor, SupervisorError,
+    SupervisorOptions,
+};

@@ -6,6 +6,7 @@
 //! cargo run --example order -- --in-memory       # the same scenario on the in-memory store
 //! cargo run --example order -- rebuild           # rebuild the read models and check them against the live ones
 //! cargo run --example order -- rebuild --seed 2000   # ... after appending 2,000 generated orders
+//! cargo run --example order -- watch             # both read models live under a supervisor, while orders come in
 //! ```
 
 mod customer_stats;
@@ -18,6 +19,7 @@ mod read_models;
 mod rebuild_check;
 mod scenario;
 mod seed;
+mod watch;
 
 use std::error::Error;
 
@@ -50,6 +52,13 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: usize,
     },
+    /// Run both read models live under a supervisor, place an order every second, print the
+    /// supervisor's status view every second, then shut down.
+    Watch {
+        /// Orders to place, one a second; the view is printed for two more seconds after them.
+        #[arg(long, default_value_t = 3)]
+        orders: u64,
+    },
 }
 
 /// The customers of the scenario.
@@ -66,7 +75,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     if args.in_memory {
         if args.command.is_some() {
             return Err(
-                "the read models, and so `rebuild`, need PostgreSQL: drop --in-memory".into(),
+                "the read models, and so `rebuild` and `watch`, need PostgreSQL: drop --in-memory"
+                    .into(),
             );
         }
         println!("Store: in memory");
@@ -79,6 +89,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let result = match args.command {
         None => scenario_and_read_models(&db.store).await,
         Some(Command::Rebuild { seed }) => rebuild_check::run(&db.store, seed).await,
+        Some(Command::Watch { orders }) => watch::run(&db.store, orders).await,
     };
     db.store.close().await;
     if let Some(server) = db.local_server {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use eventsource::postgres::projection::{Projection, ProjectionRunner};
-use eventsource::postgres::PostgresStore;
+use eventsource::postgres::{PostgresStore, Supervisor};
 use eventsource::{FeedPosition, StreamId};
 
 use crate::customer_stats::CustomerStatsProjection;
@@ -41,6 +41,20 @@ impl ReadModels {
             catch_up(store, self.customer_stats.clone()),
         )
         .map_err(|e| e as Box<dyn Error>)
+    }
+
+    /// A supervisor running both read models' runners, to follow the feed live until shutdown
+    /// (see [`crate::watch`]).
+    pub fn supervisor(&self, store: &PostgresStore) -> Supervisor {
+        Supervisor::new()
+            .with(ProjectionRunner::with_shared(
+                store.clone(),
+                self.order_summary.clone(),
+            ))
+            .with(ProjectionRunner::with_shared(
+                store.clone(),
+                self.customer_stats.clone(),
+            ))
     }
 }
 

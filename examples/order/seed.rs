@@ -57,7 +57,7 @@ pub async fn seed<S: EventStore + Clone + 'static>(
 }
 
 /// Runs the commands of generated order number `n`; returns the events they appended.
-async fn seed_order<S: EventStore>(
+pub async fn seed_order<S: EventStore>(
     orders: &Repository<Order, S>,
     ctx: &CommandContext,
     n: u64,

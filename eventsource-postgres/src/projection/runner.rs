@@ -157,6 +157,11 @@ impl<P: Projection> ProjectionRunner<P> {
         &self.instance
     }
 
+    /// The projection this runner runs.
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
     /// Waits until this runner (running in another task) has applied every event up to
     /// `target` (its checkpoint is at or past it), and returns its checkpoint then.
     ///

@@ -26,7 +26,6 @@ mod order_events;
 #[path = "../examples/order/order_summary.rs"]
 mod order_summary;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,8 +34,8 @@ use eventsource::postgres::projection::{Projection, ProjectionRunner, RunnerOpti
 use eventsource::postgres::testing::TestDatabase;
 use eventsource::postgres::PostgresStore;
 use eventsource::{
-    BoxError, DomainEvent, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, NewEvent,
-    RecordedEvent, StreamId, StreamVersion,
+    BoxError, DomainEvent, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedPosition,
+    NewEvent, StreamId, StreamVersion,
 };
 use futures::future::try_join_all;
 use sqlx::postgres::PgArguments;
@@ -257,21 +256,22 @@ async fn raw_catch_up(pool: &PgPool) -> BenchResult<()> {
             return Ok(());
         };
         after = last.0;
-        let mut by_order: BTreeMap<String, Vec<OrderChange>> = BTreeMap::new();
-        for (_, order_id, version, event_type, schema_version, payload, recorded_at) in rows {
+        let mut changes = Vec::with_capacity(rows.len());
+        for (position, order_id, version, event_type, schema_version, payload, recorded_at) in rows
+        {
             let event = OrderEvent::decode(&event_type, u32::try_from(schema_version)?, &payload)?;
-            by_order
-                .entry(order_id.clone())
-                .or_default()
-                .push(OrderChange {
-                    order_id,
-                    version: StreamVersion::try_from(version)?,
-                    recorded_at,
-                    event,
-                });
+            changes.push(OrderChange {
+                event,
+                event_id: uuid::Uuid::nil(),
+                stream_id: StreamId::new("order", order_id)?,
+                version: StreamVersion::try_from(version)?,
+                position: FeedPosition::new(0, u64::try_from(position)?),
+                metadata: EventMetadata::default(),
+                recorded_at,
+            });
         }
         let mut tx = conn.begin().await?;
-        order_summary::apply(&mut tx, by_order).await?;
+        order_summary::apply(&mut tx, order_events::by_order(&changes)).await?;
         tx.commit().await?;
     }
 }
@@ -285,6 +285,9 @@ struct PerEventSummary;
 
 #[async_trait]
 impl Projection for PerEventSummary {
+    type Event = OrderChange;
+    type Error = BoxError;
+
     fn name(&self) -> &str {
         PER_EVENT_NAME
     }
@@ -309,27 +312,22 @@ impl Projection for PerEventSummary {
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        tx: &mut PgConnection,
-        events: &[RecordedEvent],
-    ) -> Result<(), BoxError> {
-        for event in events {
-            let change = OrderChange::decode(event)?;
+    async fn handle(&self, tx: &mut PgConnection, events: &[OrderChange]) -> Result<(), BoxError> {
+        for change in events {
             let query = match &change.event {
-                OrderEvent::Placed { customer } => per_event_query(PLACED, &change).bind(customer),
+                OrderEvent::Placed { customer } => per_event_query(PLACED, change).bind(customer),
                 OrderEvent::ItemAdded {
                     sku,
                     quantity,
                     unit_price_cents,
-                } => per_event_query(ITEM_ADDED, &change)
+                } => per_event_query(ITEM_ADDED, change)
                     .bind(sku)
                     .bind(i64::from(*quantity))
                     .bind(i64::try_from(*unit_price_cents)?),
-                OrderEvent::ItemRemoved { sku } => per_event_query(ITEM_REMOVED, &change).bind(sku),
-                OrderEvent::Confirmed => per_event_query(STATUS, &change).bind("confirmed"),
-                OrderEvent::Shipped { .. } => per_event_query(STATUS, &change).bind("shipped"),
-                OrderEvent::Cancelled { .. } => per_event_query(STATUS, &change).bind("cancelled"),
+                OrderEvent::ItemRemoved { sku } => per_event_query(ITEM_REMOVED, change).bind(sku),
+                OrderEvent::Confirmed => per_event_query(STATUS, change).bind("confirmed"),
+                OrderEvent::Shipped { .. } => per_event_query(STATUS, change).bind("shipped"),
+                OrderEvent::Cancelled { .. } => per_event_query(STATUS, change).bind("cancelled"),
             };
             query.execute(&mut *tx).await?;
         }
@@ -340,7 +338,7 @@ impl Projection for PerEventSummary {
 /// `sql` with the event's order id, version and time bound as `$1`, `$2`, `$3`.
 fn per_event_query<'q>(sql: &'q str, change: &'q OrderChange) -> Query<'q, Postgres, PgArguments> {
     sqlx::query(sql)
-        .bind(change.order_id.as_str())
+        .bind(change.stream_id.id())
         .bind(i64::from(change.version))
         .bind(change.recorded_at)
 }

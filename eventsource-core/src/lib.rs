@@ -15,6 +15,7 @@
 pub mod aggregate;
 pub mod command_context;
 pub mod domain_event;
+pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod event_store;
@@ -40,6 +41,7 @@ pub mod version;
 pub use aggregate::Aggregate;
 pub use command_context::CommandContext;
 pub use domain_event::{DecodeError, DomainEvent, EncodeError};
+pub use envelope::{Envelope, FeedItem, Items};
 pub use error::{BoxError, Conflict, StoreError, ValidationError};
 pub use event::{NewEvent, RecordedEvent};
 pub use event_store::{

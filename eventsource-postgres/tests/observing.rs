@@ -23,6 +23,9 @@ struct Applied;
 
 #[async_trait]
 impl Projection for Applied {
+    type Event = RecordedEvent;
+    type Error = BoxError;
+
     fn name(&self) -> &str {
         "applied"
     }

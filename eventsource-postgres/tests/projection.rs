@@ -37,6 +37,9 @@ struct Tally {
 
 #[async_trait]
 impl Projection for Tally {
+    type Event = RecordedEvent;
+    type Error = BoxError;
+
     fn name(&self) -> &str {
         "tally"
     }
@@ -200,8 +203,8 @@ async fn crash_safety_under_failures_and_aborts() {
         *projection.fail_after.lock().unwrap() = Some(passing);
         let before = runner.status().borrow().events_applied;
         match runner.run_until_caught_up().await {
-            Err(ProjectionError::HandlerFailed(failed)) => {
-                assert!(failed.error.contains("injected"), "{}", failed.error);
+            Err(ProjectionError::HandlerFailed { source, .. }) => {
+                assert!(source.to_string().contains("injected"), "{source}");
             }
             other => {
                 panic!("run {i}: expected the injected failure to stop the runner, got {other:?}")
@@ -426,9 +429,13 @@ async fn poison_event_stops_the_runner_before_it() {
     let projection = Tally::default();
     let runner = ProjectionRunner::new(store.clone(), Tally::default()).with_options(options);
     match runner.run_until_caught_up().await {
-        Err(ProjectionError::HandlerFailed(failed)) => {
-            let (s, version, attempts, error) =
-                (failed.stream, failed.version, failed.attempts, failed.error);
+        Err(ProjectionError::HandlerFailed { event, source }) => {
+            let (s, version, attempts, error) = (
+                event.stream,
+                event.version,
+                event.attempts,
+                source.to_string(),
+            );
             assert_eq!(s, stream);
             assert_eq!(version.get(), 25);
             assert_eq!(attempts, 3);
@@ -471,7 +478,7 @@ async fn poison_event_is_parked_and_replayed_once() {
     let still_broken = dead_letters::replay(&store, projection.as_ref(), parked[0].id).await;
     assert!(matches!(
         still_broken,
-        Err(ProjectionError::HandlerFailed(_))
+        Err(ProjectionError::HandlerFailed { .. })
     ));
     assert_eq!(
         dead_letters::list(&store, "tally")
@@ -493,7 +500,7 @@ async fn poison_event_is_parked_and_replayed_once() {
     );
     let again = dead_letters::replay(&store, projection.as_ref(), parked[0].id).await;
     assert!(
-        matches!(again, Err(ProjectionError::Invalid { .. })),
+        matches!(again, Err(ProjectionError::DeadLetterNotFound { .. })),
         "{again:?}"
     );
     assert_eq!(
@@ -740,7 +747,7 @@ async fn runner_stops_on_errors_that_cannot_clear() {
         .await
         .expect_err("a zero batch size is refused");
     assert!(
-        matches!(refused, ProjectionError::Invalid { .. }),
+        matches!(refused, ProjectionError::Misconfigured { .. }),
         "{refused}"
     );
 
@@ -778,9 +785,9 @@ async fn rebuild_settles_the_dead_letters_it_applied() {
         .await
         .expect_err("the poison still fails the rebuild");
     match &failed {
-        ProjectionError::RebuildBatchFailed { events, error, .. } => {
+        ProjectionError::RebuildBatchFailed { events, source, .. } => {
             assert_eq!(*events, 10, "{failed}");
-            assert!(error.contains("cannot digest"), "{failed}");
+            assert!(source.to_string().contains("cannot digest"), "{failed}");
         }
         other => panic!("a failed rebuild batch, got {other:?}"),
     }
@@ -803,7 +810,7 @@ async fn rebuild_settles_the_dead_letters_it_applied() {
     );
     let replayed = dead_letters::replay(&store, projection.as_ref(), parked[0].id).await;
     assert!(
-        matches!(replayed, Err(ProjectionError::Invalid { .. })),
+        matches!(replayed, Err(ProjectionError::DeadLetterNotFound { .. })),
         "{replayed:?}"
     );
     assert_eq!(
@@ -945,7 +952,7 @@ async fn runner_stops_when_its_checkpoint_is_deleted() {
         .expect("the runner stops")
         .expect("runner task");
     assert!(
-        matches!(stopped, Err(ProjectionError::Invalid { .. })),
+        matches!(stopped, Err(ProjectionError::CheckpointMissing { .. })),
         "{stopped:?}"
     );
     let applied: i64 = sqlx::query_scalar("SELECT sum(events)::bigint FROM tally")

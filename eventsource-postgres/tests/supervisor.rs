@@ -48,6 +48,9 @@ impl Items {
 
 #[async_trait]
 impl Projection for Items {
+    type Event = RecordedEvent;
+    type Error = BoxError;
+
     fn name(&self) -> &str {
         self.name
     }
@@ -135,7 +138,8 @@ async fn head(store: &PostgresStore) -> FeedPosition {
 
 fn quick_runner(store: &PostgresStore, projection: Arc<Items>) -> ProjectionRunner<Items> {
     ProjectionRunner::with_shared(store.clone(), projection).with_options(RunnerOptions {
-        poll_interval: Duration::from_millis(100),
+        feed: eventsource_core::FeedOptions::default()
+            .with_poll_interval(Duration::from_millis(100)),
         standby_retry: Duration::from_millis(50),
         failure: FailurePolicy {
             max_attempts: 1,

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
 use eventsource::postgres::projection::Projection;
-use eventsource::{BoxError, FeedFilter, RecordedEvent, StreamVersion};
+use eventsource::{BoxError, FeedFilter, StreamVersion};
 use sqlx::types::Json;
 use sqlx::{Executor, PgConnection};
 
@@ -35,6 +35,9 @@ pub struct CustomerStatsProjection;
 
 #[async_trait]
 impl Projection for CustomerStatsProjection {
+    type Event = OrderChange;
+    type Error = BoxError;
+
     fn name(&self) -> &str {
         NAME
     }
@@ -53,12 +56,8 @@ impl Projection for CustomerStatsProjection {
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        tx: &mut PgConnection,
-        events: &[RecordedEvent],
-    ) -> Result<(), BoxError> {
-        apply(tx, order_events::decode_by_order(events)?).await
+    async fn handle(&self, tx: &mut PgConnection, events: &[OrderChange]) -> Result<(), BoxError> {
+        apply(tx, order_events::by_order(events)).await
     }
 }
 
@@ -103,12 +102,12 @@ impl OrderTotals {
         let mut totals = match (totals, &change.event) {
             (Some(totals), _) => totals,
             (None, OrderEvent::Placed { customer }) => Self {
-                order_id: change.order_id.clone(),
+                order_id: change.stream_id.id().to_owned(),
                 customer: customer.clone(),
                 status: OrderStatus::Open,
                 line_totals: BTreeMap::new(),
             },
-            (None, _) => return Err(not_placed(&change.order_id, change)),
+            (None, _) => return Err(not_placed(change)),
         };
         match &change.event {
             OrderEvent::Placed { customer } => {
@@ -125,7 +124,10 @@ impl OrderTotals {
                     .checked_mul(*unit_price_cents)
                     .and_then(|added| line.checked_add(added))
                     .ok_or_else(|| {
-                        format!("order {}: the line of {sku} overflows", change.order_id)
+                        format!(
+                            "order {}: the line of {sku} overflows",
+                            change.stream_id.id()
+                        )
                     })?;
             }
             OrderEvent::ItemRemoved { sku } => {
@@ -143,7 +145,7 @@ impl OrderTotals {
 /// `search_path`.
 async fn apply(
     conn: &mut PgConnection,
-    changes: BTreeMap<String, Vec<OrderChange>>,
+    changes: BTreeMap<String, Vec<&OrderChange>>,
 ) -> Result<(), BoxError> {
     // An order whose version 1 is in the batch has no state yet.
     let continued: Vec<String> = changes

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use eventsource::postgres::projection::Projection;
-use eventsource::{BoxError, FeedFilter, RecordedEvent, StreamVersion};
+use eventsource::{BoxError, FeedFilter, StreamVersion};
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sqlx::{Executor, PgConnection};
@@ -35,6 +35,9 @@ pub struct OrderSummaryProjection;
 
 #[async_trait]
 impl Projection for OrderSummaryProjection {
+    type Event = OrderChange;
+    type Error = BoxError;
+
     fn name(&self) -> &str {
         NAME
     }
@@ -52,12 +55,8 @@ impl Projection for OrderSummaryProjection {
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        tx: &mut PgConnection,
-        events: &[RecordedEvent],
-    ) -> Result<(), BoxError> {
-        apply(tx, order_events::decode_by_order(events)?).await
+    async fn handle(&self, tx: &mut PgConnection, events: &[OrderChange]) -> Result<(), BoxError> {
+        apply(tx, order_events::by_order(events)).await
     }
 }
 
@@ -106,14 +105,14 @@ impl OrderSummary {
         let mut summary = match (summary, &change.event) {
             (Some(summary), _) => summary,
             (None, OrderEvent::Placed { customer }) => Self {
-                order_id: change.order_id.clone(),
+                order_id: change.stream_id.id().to_owned(),
                 customer: customer.clone(),
                 status: OrderStatus::Open,
                 lines: BTreeMap::new(),
                 version: change.version,
                 updated_at: change.recorded_at,
             },
-            (None, _) => return Err(not_placed(&change.order_id, change)),
+            (None, _) => return Err(not_placed(change)),
         };
         match &change.event {
             OrderEvent::Placed { customer } => {
@@ -134,12 +133,16 @@ impl OrderSummary {
                 if line.unit_price_cents != *unit_price_cents {
                     return Err(format!(
                         "order {}: {sku} added at {unit_price_cents} cents to a line at {} cents",
-                        change.order_id, line.unit_price_cents
+                        change.stream_id.id(),
+                        line.unit_price_cents
                     )
                     .into());
                 }
                 line.quantity = line.quantity.checked_add(*quantity).ok_or_else(|| {
-                    format!("order {}: quantity of {sku} overflows", change.order_id)
+                    format!(
+                        "order {}: quantity of {sku} overflows",
+                        change.stream_id.id()
+                    )
                 })?;
             }
             OrderEvent::ItemRemoved { sku } => {
@@ -161,7 +164,7 @@ impl OrderSummary {
 /// touched order with one statement.
 pub async fn apply(
     conn: &mut PgConnection,
-    changes: BTreeMap<String, Vec<OrderChange>>,
+    changes: BTreeMap<String, Vec<&OrderChange>>,
 ) -> Result<(), BoxError> {
     let continued: Vec<String> = changes
         .iter()

@@ -2,7 +2,7 @@
 //! replayed through the API.
 
 use chrono::{DateTime, Utc};
-use eventsource_core::{FeedPosition, RecordedEvent, StreamId, StreamVersion};
+use eventsource_core::{BoxError, FeedItem, FeedPosition, RecordedEvent, StreamId, StreamVersion};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::error::ProjectionError;
@@ -134,25 +134,24 @@ pub async fn replay<P: Projection>(
         .map_err(db("take a dead letter"))?;
     let Some(row) = row else {
         let _ = tx.rollback().await;
-        return Err(ProjectionError::Invalid {
+        return Err(ProjectionError::DeadLetterNotFound {
             projection: name.to_owned(),
-            problem: format!("dead letter {id} is unknown or was already replayed"),
+            id,
         });
     };
     let event = recorded_event(&row)?;
-    if let Err(error) = projection
-        .handle(&mut tx, std::slice::from_ref(&event))
-        .await
-    {
+    let handled = match P::Event::view(std::slice::from_ref(&event)) {
+        Ok(items) => projection
+            .handle(&mut tx, &items)
+            .await
+            .map_err(Into::<BoxError>::into),
+        Err((_, error)) => Err(Box::new(error) as BoxError),
+    };
+    if let Err(error) = handled {
         // Rolled back before the connection goes back to the pool (the handler's writes gave
         // the transaction an id, which holds the feed back until it ends).
         let _ = tx.rollback().await;
-        return Err(ProjectionError::handler_failed(
-            name,
-            &event,
-            1,
-            error.to_string(),
-        ));
+        return Err(ProjectionError::handler_failed(name, &event, 1, error));
     }
     sqlx::query("UPDATE eventsource.dead_letters SET replayed_at = now() WHERE id = $1")
         .bind(id)

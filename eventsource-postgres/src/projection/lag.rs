@@ -6,7 +6,7 @@ use sqlx::Row;
 
 use super::error::ProjectionError;
 use super::registry::registration;
-use super::Projection;
+use super::{read_filter, Projection};
 use crate::row::feed_position;
 use crate::store::PostgresStore;
 
@@ -33,7 +33,7 @@ pub async fn lag<P: Projection>(
     store: &PostgresStore,
     projection: &P,
 ) -> Result<ProjectionLag, ProjectionError> {
-    measure(store, projection.name(), &projection.filter()).await
+    measure(store, projection.name(), &read_filter(projection)).await
 }
 
 /// Measures the lag of the projection named `name`, from any process, without its code: the

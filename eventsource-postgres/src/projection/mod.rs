@@ -21,7 +21,7 @@ mod runner;
 mod scope;
 
 use async_trait::async_trait;
-use eventsource_core::{BoxError, FeedFilter, RecordedEvent};
+use eventsource_core::{BoxError, FeedFilter, FeedItem};
 use sqlx::PgConnection;
 
 pub use error::{FailedEvent, ProjectionError};
@@ -37,11 +37,26 @@ pub use runner::{
 /// and advances the projection's checkpoint in that same transaction: each event's effect is
 /// applied exactly once, whatever point the process dies at.
 ///
+/// A projection names the events it reads as [`Projection::Event`]:
+/// - `Envelope<E>` for a domain event enum `E` (`#[derive(DomainEvent)]`): the handler gets the
+///   events decoded, each with its stream, version, feed position and metadata, and the store
+///   reads only `E`'s event types. An event that does not decode goes through the failure
+///   policy, like a failing handler.
+/// - `RecordedEvent` for raw events with JSON payloads (generic tools).
+///
+/// Its own error type comes back out of a [`ProjectionError`] as the error's `source()`, through
+/// retries and dead letters (which also keep its text).
+///
 /// **Write only to your own tables, by unqualified name.** The runner sets `search_path` to the
 /// projection's schema for the transaction, and a rebuild points it at a shadow schema instead;
 /// qualified names would bypass the rebuild.
 #[async_trait]
 pub trait Projection: Send + Sync + 'static {
+    /// What the handler receives per event: `Envelope<YourEvent>`, or `RecordedEvent`.
+    type Event: FeedItem;
+    /// The handler's error (anything that converts into a boxed error, `BoxError` included).
+    type Error: Into<BoxError> + Send + 'static;
+
     /// The projection's unique name: the key of its checkpoint and of its runner lock.
     fn name(&self) -> &str;
 
@@ -53,7 +68,9 @@ pub trait Projection: Send + Sync + 'static {
         "public"
     }
 
-    /// Which events it wants (default: all). Others are skipped without stalling the checkpoint.
+    /// Which events it wants (default: every event of [`Projection::Event`]'s types). A filter
+    /// without types of its own gets those types added. Others are skipped without stalling
+    /// the checkpoint.
     fn filter(&self) -> FeedFilter {
         FeedFilter::all()
     }
@@ -64,10 +81,23 @@ pub trait Projection: Send + Sync + 'static {
     /// To run a multi-statement script, write `tx.execute(sqlx::raw_sql(SCRIPT))` (with
     /// `sqlx::Executor` in scope): the form `sqlx::raw_sql(SCRIPT).execute(tx)` does not compile
     /// inside an `async_trait` method.
-    async fn setup(&self, tx: &mut PgConnection) -> Result<(), BoxError>;
+    async fn setup(&self, tx: &mut PgConnection) -> Result<(), Self::Error>;
 
     /// Applies a batch of events, in feed order, inside the runner's transaction. An error rolls
     /// the whole batch back.
-    async fn handle(&self, tx: &mut PgConnection, events: &[RecordedEvent])
-        -> Result<(), BoxError>;
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        events: &[Self::Event],
+    ) -> Result<(), Self::Error>;
+}
+
+/// The filter a projection reads with: its own, with its event type's names added when it
+/// names no types itself.
+pub(crate) fn read_filter<P: Projection + ?Sized>(projection: &P) -> FeedFilter {
+    let filter = projection.filter();
+    match (&filter.event_types, P::Event::event_types()) {
+        (None, Some(types)) => filter.with_event_types(types.iter().copied()),
+        _ => filter,
+    }
 }

@@ -27,13 +27,13 @@
 
 use std::time::Duration;
 
-use eventsource_core::{FeedFilter, FeedFollower, FeedOptions, FeedPosition};
+use eventsource_core::{BoxError, FeedFilter, FeedFollower, FeedItem, FeedOptions, FeedPosition};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::error::ProjectionError;
 use super::lock::{self, Role};
 use super::scope::{check_identifier, quoted, set_search_path};
-use super::{checkpoint, Projection};
+use super::{checkpoint, read_filter, Projection};
 use crate::error::sqlstate;
 use crate::row::{position_column, Xid8};
 use crate::store::PostgresStore;
@@ -132,7 +132,7 @@ async fn replay_and_swap<P: Projection>(
     let name = projection.name();
     let shadow = format!("{name}_rebuild");
     let rebuild_checkpoint = format!("{name}#rebuild");
-    let filter = projection.filter();
+    let filter = read_filter(projection);
     let db = |op: &'static str| move |e| ProjectionError::database(name, op, e);
 
     // Start (or resume) the shadow model.
@@ -157,7 +157,7 @@ async fn replay_and_swap<P: Projection>(
                     .await
                     .map_err(|e| ProjectionError::SetupFailed {
                         projection: name.to_owned(),
-                        error: e.to_string(),
+                        source: e.into(),
                     })?;
                 checkpoint::write(&mut tx, name, &rebuild_checkpoint, FeedPosition::START).await?;
                 FeedPosition::START
@@ -251,7 +251,7 @@ async fn swap<P: Projection>(
 ) -> Result<Swapped, ProjectionError> {
     let name = projection.name();
     let shadow = format!("{name}_rebuild");
-    let filter = projection.filter();
+    let filter = read_filter(projection);
     let db = |op: &'static str| move |e| ProjectionError::database(name, op, e);
     let live = projection.schema();
     let mut tx = conn.begin().await.map_err(db("begin the swap"))?;
@@ -344,7 +344,8 @@ async fn swap<P: Projection>(
     })
 }
 
-/// Applies one batch of the rebuild through the projection's handler.
+/// Applies one batch of the rebuild through the projection's handler. An event that does
+/// not decode into the projection's event type fails the batch like a failing handler.
 async fn apply<P: Projection>(
     projection: &P,
     tx: &mut PgConnection,
@@ -353,16 +354,18 @@ async fn apply<P: Projection>(
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         return Ok(());
     };
+    let failed = |source: BoxError| ProjectionError::RebuildBatchFailed {
+        projection: projection.name().to_owned(),
+        first: first.position,
+        last: last.position,
+        events: events.len(),
+        source,
+    };
+    let items = P::Event::view(events).map_err(|(_, error)| failed(Box::new(error)))?;
     projection
-        .handle(tx, events)
+        .handle(tx, &items)
         .await
-        .map_err(|error| ProjectionError::RebuildBatchFailed {
-            projection: projection.name().to_owned(),
-            first: first.position,
-            last: last.position,
-            events: events.len(),
-            error: error.to_string(),
-        })
+        .map_err(|error| failed(error.into()))
 }
 
 /// Events `filter` wants, up to `upto` (all when `None`).

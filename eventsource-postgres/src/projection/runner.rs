@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_core::{
-    FeedBatch, FeedFollower, FeedOptions, FeedPosition, RecordedEvent, StoreError,
+    BoxError, FeedBatch, FeedFollower, FeedItem, FeedOptions, FeedPosition, RecordedEvent,
+    StoreError,
 };
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
@@ -15,7 +16,7 @@ use tracing::Instrument;
 use super::error::ProjectionError;
 use super::lock::{self, Role};
 use super::scope::{check_identifier, set_search_path};
-use super::{checkpoint, dead_letters, registry, Projection};
+use super::{checkpoint, dead_letters, read_filter, registry, Projection};
 use crate::store::PostgresStore;
 
 /// What the runner does when the handler keeps failing on an event.
@@ -115,10 +116,23 @@ pub struct ProjectionRunner<P> {
 
 /// Why an attempt at a batch failed.
 enum BatchError {
-    /// The handler failed: retry, then apply the failure policy.
-    Handler(String),
+    /// The handler failed (`retry`: retry, then apply the failure policy), or an event did not
+    /// decode (no `retry`: it will not decode next time either).
+    Handler { error: BoxError, retry: bool },
     /// The runner's own work failed (connection, checkpoint): give up being active.
     Runner(ProjectionError),
+}
+
+impl BatchError {
+    /// The error of a batch without events, which runs no handler.
+    fn without_handler(self) -> ProjectionError {
+        match self {
+            Self::Runner(error) => error,
+            Self::Handler { error, .. } => ProjectionError::Store(StoreError::Corrupt {
+                what: format!("a batch without events reported a handler error: {error}"),
+            }),
+        }
+    }
 }
 
 impl<P: Projection> ProjectionRunner<P> {
@@ -257,11 +271,10 @@ impl<P: Projection> ProjectionRunner<P> {
             check_identifier(name, "table", table)?;
         }
         if self.options.feed.batch().check().is_err() {
-            return Err(ProjectionError::Invalid {
-                projection: name.to_owned(),
-                problem: "RunnerOptions::feed allows 0 events or 0 bytes per batch; use at least 1"
-                    .into(),
-            });
+            return Err(ProjectionError::misconfigured(
+                name,
+                "RunnerOptions::feed allows 0 events or 0 bytes per batch; use at least 1",
+            ));
         }
         let options = (*self.store.pool().connect_options()).clone();
         let mut spare: Option<PgConnection> = None;
@@ -322,7 +335,7 @@ impl<P: Projection> ProjectionRunner<P> {
         registry::register(
             conn,
             self.projection.name(),
-            &self.projection.filter(),
+            &read_filter(&*self.projection),
             &self.instance,
         )
         .await?;
@@ -334,7 +347,7 @@ impl<P: Projection> ProjectionRunner<P> {
             .options
             .feed
             .clone()
-            .with_filter(self.projection.filter());
+            .with_filter(read_filter(&*self.projection));
         let mut feed = FeedFollower::new(self.store.clone(), position, options);
         loop {
             let batch = tokio::select! {
@@ -394,17 +407,13 @@ impl<P: Projection> ProjectionRunner<P> {
         self.projection
             .setup(&mut tx)
             .await
-            .map_err(|e| self.setup_failed(e.to_string()))?;
+            .map_err(|e| ProjectionError::SetupFailed {
+                projection: name.to_owned(),
+                source: e.into(),
+            })?;
         checkpoint::write(&mut tx, name, name, FeedPosition::START).await?;
         tx.commit().await.map_err(db("commit setup"))?;
         Ok(FeedPosition::START)
-    }
-
-    fn setup_failed(&self, error: String) -> ProjectionError {
-        ProjectionError::SetupFailed {
-            projection: self.projection.name().to_owned(),
-            error,
-        }
     }
 
     /// Applies a batch in one transaction, with retries; when it keeps failing, narrows it down
@@ -430,11 +439,12 @@ impl<P: Projection> ProjectionRunner<P> {
         }
         let mut position = from;
         for event in &batch.events {
-            if let Some(error) = self
+            if let Some((error, attempts)) = self
                 .with_retries(conn, position, std::slice::from_ref(event), event.position)
                 .await?
             {
-                self.on_failure(conn, position, event, error).await?;
+                self.on_failure(conn, position, event, error, attempts)
+                    .await?;
             }
             position = event.position;
         }
@@ -444,15 +454,15 @@ impl<P: Projection> ProjectionRunner<P> {
         Ok(batch.next)
     }
 
-    /// Tries `events` up to `max_attempts` times; `Some(last error)` if the handler never
-    /// succeeded.
+    /// Tries `events` up to `max_attempts` times (once when an event does not decode);
+    /// `Some((last error, attempts))` if the handler never succeeded.
     async fn with_retries(
         &self,
         conn: &mut PgConnection,
         from: FeedPosition,
         events: &[RecordedEvent],
         next: FeedPosition,
-    ) -> Result<Option<String>, ProjectionError> {
+    ) -> Result<Option<(BoxError, u32)>, ProjectionError> {
         let policy = self.options.failure;
         let mut delay = policy.backoff;
         let mut attempt = 0;
@@ -465,10 +475,12 @@ impl<P: Projection> ProjectionRunner<P> {
                     return Ok(None);
                 }
                 Err(BatchError::Runner(error)) => return Err(error),
-                Err(BatchError::Handler(error)) if attempt >= policy.max_attempts.max(1) => {
-                    return Ok(Some(error));
+                Err(BatchError::Handler { error, retry })
+                    if !retry || attempt >= policy.max_attempts.max(1) =>
+                {
+                    return Ok(Some((error, attempt)));
                 }
-                Err(BatchError::Handler(error)) => {
+                Err(BatchError::Handler { error, .. }) => {
                     tracing::warn!(projection = self.projection.name(), attempt, %error, "handler failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = delay.saturating_mul(2);
@@ -521,9 +533,8 @@ impl<P: Projection> ProjectionRunner<P> {
             .await
             .map_err(BatchError::Runner)?;
         let Some(found) = found else {
-            return Err(BatchError::Runner(ProjectionError::Invalid {
+            return Err(BatchError::Runner(ProjectionError::CheckpointMissing {
                 projection: name.to_owned(),
-                problem: "its checkpoint row is gone (deleted by hand?); to start over, rebuild the projection".into(),
             }));
         };
         if found != from {
@@ -534,10 +545,17 @@ impl<P: Projection> ProjectionRunner<P> {
             }));
         }
         if !events.is_empty() {
+            let items = P::Event::view(events).map_err(|(_, error)| BatchError::Handler {
+                error: Box::new(error),
+                retry: false,
+            })?;
             self.projection
-                .handle(tx, events)
+                .handle(tx, &items)
                 .await
-                .map_err(|e| BatchError::Handler(e.to_string()))?;
+                .map_err(|e| BatchError::Handler {
+                    error: e.into(),
+                    retry: true,
+                })?;
         }
         checkpoint::write(tx, name, name, next)
             .await
@@ -551,12 +569,9 @@ impl<P: Projection> ProjectionRunner<P> {
         from: FeedPosition,
         next: FeedPosition,
     ) -> Result<(), ProjectionError> {
-        match self.commit_events(conn, from, &[], next).await {
-            Ok(()) => Ok(()),
-            Err(BatchError::Runner(error)) => Err(error),
-            // The handler is not called for an empty batch.
-            Err(BatchError::Handler(error)) => Err(self.setup_failed(error)),
-        }
+        self.commit_events(conn, from, &[], next)
+            .await
+            .map_err(BatchError::without_handler)
     }
 
     /// The handler failed on `event` every time: stop, or park it and move past it.
@@ -565,17 +580,17 @@ impl<P: Projection> ProjectionRunner<P> {
         conn: &mut PgConnection,
         from: FeedPosition,
         event: &RecordedEvent,
-        error: String,
+        error: BoxError,
+        attempts: u32,
     ) -> Result<(), ProjectionError> {
         let name = self.projection.name();
-        let attempts = self.options.failure.max_attempts.max(1);
         match self.options.failure.on_failure {
             OnFailure::Stop => Err(ProjectionError::handler_failed(
                 name, event, attempts, error,
             )),
             OnFailure::DeadLetter => {
                 tracing::error!(projection = name, stream = %event.stream_id, version = %event.version, %error, "parking event as a dead letter");
-                dead_letters::park(conn, name, from, event, &error, attempts).await?;
+                dead_letters::park(conn, name, from, event, &error.to_string(), attempts).await?;
                 self.status.send_modify(|s| s.dead_lettered += 1);
                 Ok(())
             }
@@ -592,9 +607,10 @@ impl<P: Projection> ProjectionRunner<P> {
 fn is_terminal(error: &ProjectionError) -> bool {
     matches!(
         error,
-        ProjectionError::HandlerFailed(_)
+        ProjectionError::HandlerFailed { .. }
             | ProjectionError::SetupFailed { .. }
-            | ProjectionError::Invalid { .. }
+            | ProjectionError::Misconfigured { .. }
+            | ProjectionError::CheckpointMissing { .. }
             | ProjectionError::Store(
                 StoreError::Invalid(_)
                     | StoreError::Decode { .. }

@@ -18,12 +18,12 @@ pub(crate) fn check_identifier(
     if plain {
         return Ok(());
     }
-    Err(ProjectionError::Invalid {
-        projection: projection.to_owned(),
-        problem: format!(
+    Err(ProjectionError::misconfigured(
+        projection,
+        format!(
             "{what} `{name}` must be 1-63 ASCII letters, digits or `_`, not starting with a digit"
         ),
-    })
+    ))
 }
 
 /// Quotes a checked identifier.

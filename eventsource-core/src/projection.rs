@@ -1,25 +1,34 @@
-//! In-memory projections, for domain tests on the in-memory store (PostgreSQL read models use
-//! `eventsource_postgres::projection`).
+//! In-memory read models, folded one event at a time: for domain tests and small views on any
+//! store. Read models kept in PostgreSQL tables, exactly once and rebuildable, use the
+//! `Projection` trait of `eventsource_postgres::projection` instead (it is the one to reach for
+//! first; its logic is SQL, tested against a real server: a test database is one line,
+//! `TestDatabase::create().await?.store().await?`).
 
 use async_trait::async_trait;
-use futures::TryStreamExt;
 
+use crate::envelope::FeedItem;
 use crate::error::{BoxError, StoreError};
-use crate::event::RecordedEvent;
 use crate::event_store::FeedReader;
-use crate::feed::{read_feed, BatchSize, FeedFilter};
+use crate::feed::FeedFilter;
+use crate::feed_follower::{FeedFollower, FeedOptions};
 use crate::position::FeedPosition;
 
 /// A read model kept in memory, fed one event at a time.
+///
+/// Like a PostgreSQL projection, it names what it reads: `Envelope<E>` for a domain event enum
+/// (decoded; only `E`'s types are read) or `RecordedEvent` (raw).
 #[async_trait]
 pub trait InMemoryProjection: Send {
-    /// Which events it wants (default: all).
+    /// What [`InMemoryProjection::apply`] receives per event.
+    type Event: FeedItem;
+
+    /// Which events it wants (default: every event of [`InMemoryProjection::Event`]'s types).
     fn filter(&self) -> FeedFilter {
         FeedFilter::all()
     }
 
     /// Folds one event into the read model.
-    async fn apply(&mut self, event: &RecordedEvent) -> Result<(), BoxError>;
+    async fn apply(&mut self, event: &Self::Event) -> Result<(), BoxError>;
 }
 
 /// Why [`catch_up`] stopped.
@@ -43,8 +52,9 @@ pub enum CatchUpError {
     },
 }
 
-/// Feeds `projection` every event after `after` up to the head; returns the position of the
-/// last event applied (or `after`).
+/// Feeds `projection` every event after `after` up to the head (through a catch-up
+/// [`FeedFollower`]); returns the position reached (past the last event applied, and past
+/// events the filter passed over), or `after`.
 ///
 /// ```
 /// use async_trait::async_trait;
@@ -56,6 +66,8 @@ pub enum CatchUpError {
 ///
 /// #[async_trait]
 /// impl InMemoryProjection for Count {
+///     type Event = RecordedEvent;
+///
 ///     async fn apply(&mut self, _: &RecordedEvent) -> Result<(), BoxError> {
 ///         self.0 += 1;
 ///         Ok(())
@@ -81,19 +93,42 @@ where
     S: FeedReader + ?Sized,
     P: InMemoryProjection + ?Sized,
 {
-    let mut events = read_feed(store, after, BatchSize::default(), projection.filter());
-    let mut position = after;
-    while let Some(event) = events.try_next().await? {
-        projection
-            .apply(&event)
-            .await
-            .map_err(|source| CatchUpError::Apply {
+    let mut filter = projection.filter();
+    if filter.event_types.is_none() {
+        if let Some(types) = P::Event::event_types() {
+            filter = filter.with_event_types(types.iter().copied());
+        }
+    }
+    let options = FeedOptions::default().with_filter(filter);
+    let mut feed = FeedFollower::catch_up(store, after, options);
+    loop {
+        let batch = feed.next().await?;
+        let applied = match P::Event::view(&batch.events) {
+            Ok(items) => apply_each(projection, &items).await,
+            Err((index, error)) => Err((index, error.into())),
+        };
+        if let Err((index, source)) = applied {
+            let event = &batch.events[index];
+            return Err(CatchUpError::Apply {
                 stream: event.stream_id.clone(),
                 version: event.version,
                 event_type: event.event_type.clone(),
                 source,
-            })?;
-        position = event.position;
+            });
+        }
+        if batch.reached_head {
+            return Ok(feed.position());
+        }
     }
-    Ok(position)
+}
+
+/// Applies `items` in order; on a failure, its index and error.
+async fn apply_each<P: InMemoryProjection + ?Sized>(
+    projection: &mut P,
+    items: &[P::Event],
+) -> Result<(), (usize, BoxError)> {
+    for (index, item) in items.iter().enumerate() {
+        projection.apply(item).await.map_err(|e| (index, e))?;
+    }
+    Ok(())
 }

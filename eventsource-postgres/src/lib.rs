@@ -11,6 +11,7 @@
 //! - [`testing`]: a fresh database per test.
 #![deny(missing_docs)]
 
+mod active_instance;
 mod append;
 mod error;
 mod feed_guard;

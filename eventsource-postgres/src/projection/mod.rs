@@ -14,11 +14,11 @@ mod checkpoint;
 pub mod dead_letters;
 mod error;
 pub mod lag;
-mod lock;
 pub mod rebuild;
 mod registry;
 mod runner;
 mod scope;
+mod setup_lock;
 
 use async_trait::async_trait;
 use eventsource_core::{BoxError, FeedFilter, FeedItem};

@@ -31,12 +31,16 @@ use eventsource_core::{BoxError, FeedFilter, FeedFollower, FeedItem, FeedOptions
 use sqlx::{Connection, PgConnection, Row};
 
 use super::error::ProjectionError;
-use super::lock::{self, Role};
 use super::scope::{check_identifier, quoted, set_search_path};
+use super::setup_lock;
 use super::{checkpoint, read_filter, Projection};
+use crate::active_instance::ActiveInstance;
 use crate::error::sqlstate;
 use crate::row::{position_column, Xid8};
 use crate::store::PostgresStore;
+
+/// The kind of the rebuild's lock: one rebuild per projection, beside its active runner.
+const REBUILD: &str = "rebuild";
 
 const COUNT_EVENTS: &str = include_str!("sql/count_events.sql");
 const SETTLE_DEAD_LETTERS: &str = include_str!("sql/settle_dead_letters.sql");
@@ -103,12 +107,13 @@ pub async fn rebuild<P: Projection>(
     for table in projection.tables() {
         check_identifier(name, "table", table)?;
     }
-    let connect_options = (*store.pool().connect_options()).clone();
-    let mut spare = None;
+    let mut instance = ActiveInstance::new(store, REBUILD, name);
     let mut conn = loop {
-        if let Some(conn) =
-            lock::try_acquire(&connect_options, Role::Rebuild, name, &mut spare).await?
-        {
+        let acquired = instance.try_acquire().await.map_err(|e| {
+            ProjectionError::database(name, "take the projection's rebuild lock", e)
+        })?;
+        if let Some(conn) = acquired {
+            instance.close().await;
             break conn;
         }
         tracing::info!(
@@ -255,7 +260,7 @@ async fn swap<P: Projection>(
     let db = |op: &'static str| move |e| ProjectionError::database(name, op, e);
     let live = projection.schema();
     let mut tx = conn.begin().await.map_err(db("begin the swap"))?;
-    lock::setup_lock(&mut tx, name).await?;
+    setup_lock::setup_lock(&mut tx, name).await?;
     checkpoint::read_for_update(&mut tx, name, name).await?;
     sqlx::query(&format!("SET LOCAL lock_timeout = '{SWAP_LOCK_TIMEOUT}'"))
         .execute(&mut *tx)

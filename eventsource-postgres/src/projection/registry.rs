@@ -7,7 +7,8 @@ use eventsource_core::{Category, FeedFilter};
 use sqlx::{PgConnection, Row};
 
 use super::error::ProjectionError;
-use super::lock::Role;
+use super::runner::RUNNER;
+use crate::active_instance::ActiveInstance;
 use crate::store::PostgresStore;
 
 const REGISTER: &str = include_str!("sql/register_runner.sql");
@@ -60,7 +61,7 @@ pub(crate) async fn registration(
     let db = |e| ProjectionError::database(projection, "read the active runner", e);
     let row = sqlx::query(REGISTERED)
         .bind(projection)
-        .bind(Role::Runner.key(projection))
+        .bind(ActiveInstance::key(RUNNER, projection))
         .fetch_optional(store.pool())
         .await
         .map_err(db)?;

@@ -14,10 +14,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::error::ProjectionError;
-use super::lock::{self, Role};
 use super::scope::{check_identifier, set_search_path};
+use super::setup_lock::setup_lock;
 use super::{checkpoint, dead_letters, read_filter, registry, Projection};
+use crate::active_instance::ActiveInstance;
 use crate::store::PostgresStore;
+
+/// The kind of a projection runner's lock (`eventsource.projection/<name>`).
+pub(crate) const RUNNER: &str = "projection";
 
 /// What the runner does when the handler keeps failing on an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,17 +280,17 @@ impl<P: Projection> ProjectionRunner<P> {
                 "RunnerOptions::feed allows 0 events or 0 bytes per batch; use at least 1",
             ));
         }
-        let options = (*self.store.pool().connect_options()).clone();
-        let mut spare: Option<PgConnection> = None;
+        let mut instance = ActiveInstance::new(&self.store, RUNNER, name);
         loop {
             if shutdown.is_cancelled() {
-                if let Some(conn) = spare.take() {
-                    let _ = conn.close().await;
-                }
+                instance.close().await;
                 self.set_state(RunnerState::Stopped);
                 return Ok(());
             }
-            let outcome = match lock::try_acquire(&options, Role::Runner, name, &mut spare).await {
+            let acquired = instance.try_acquire().await.map_err(|e| {
+                ProjectionError::database(name, "take the projection's runner lock", e)
+            });
+            let outcome = match acquired {
                 Ok(Some(mut conn)) => {
                     self.status.send_modify(|s| s.activations += 1);
                     tracing::info!(projection = name, "runner is active");
@@ -393,7 +397,7 @@ impl<P: Projection> ProjectionRunner<P> {
         let mut tx = conn.begin().await.map_err(db("begin setup"))?;
         // Serializes concurrent first starts (and a rebuild's swap): the second waits here,
         // then finds the row.
-        lock::setup_lock(&mut tx, name).await?;
+        setup_lock(&mut tx, name).await?;
         if let Some(position) = checkpoint::read_for_update(&mut tx, name, name).await? {
             tx.commit().await.map_err(db("commit setup"))?;
             return Ok(position);

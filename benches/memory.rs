@@ -6,10 +6,11 @@
 //! DATABASE_URL=postgres://... cargo bench --bench memory -- large   # 300 x 1 MiB only
 //! ```
 //!
-//! Peak resident memory is read from `/proc/self/status` (`VmHWM`) after resetting it through
-//! `/proc/self/clear_refs`, so each figure covers one replay alone. The baseline keeps one
-//! decoded row at a time, the floor of any reader; the subscription keeps one batch, bounded by
-//! its byte budget (16 MiB by default) and its event count (500). Linux only.
+//! Each replay runs in a process of its own (this binary, started again with `replay ...`), and
+//! reports its peak resident memory from `/proc/self/status` (`VmHWM`), so nothing that seeding
+//! allocated counts. The baseline keeps one decoded row at a time, the floor of any reader; the
+//! subscription keeps one batch, bounded by its byte budget (16 MiB by default) and its event
+//! count (500). Linux only.
 
 use std::time::Instant;
 
@@ -37,11 +38,6 @@ fn rss() -> (u64, u64) {
             .map_or(0, |kb| kb * 1024)
     };
     (field("VmRSS:"), field("VmHWM:"))
-}
-
-/// Resets the peak to the current resident memory.
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -75,11 +71,8 @@ async fn seed(
     Ok(())
 }
 
-/// Replays `count` events through a subscription; returns the peak resident memory above
-/// the resident memory before it, and the time it took.
-async fn subscription_peak(store: &PostgresStore, count: usize) -> Result<(u64, f64), BoxError> {
-    reset_peak();
-    let (before, _) = rss();
+/// Replays `count` events through a subscription (in this process); returns the time it took.
+async fn replay_subscription(store: &PostgresStore, count: usize) -> Result<f64, BoxError> {
     let started = Instant::now();
     let mut subscription = store.subscribe(FeedPosition::START, FeedOptions::default());
     for _ in 0..count {
@@ -89,16 +82,11 @@ async fn subscription_peak(store: &PostgresStore, count: usize) -> Result<(u64, 
             .ok_or("the subscription ended")?;
         std::hint::black_box(&event);
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    drop(subscription);
-    let (_, peak) = rss();
-    Ok((peak.saturating_sub(before), elapsed))
+    Ok(started.elapsed().as_secs_f64())
 }
 
 /// Streams the same rows with plain sqlx, one decoded row at a time.
-async fn baseline_peak(store: &PostgresStore, count: usize) -> Result<(u64, f64), BoxError> {
-    reset_peak();
-    let (before, _) = rss();
+async fn replay_raw(store: &PostgresStore, count: usize) -> Result<f64, BoxError> {
     let started = Instant::now();
     let mut rows = sqlx::query_as::<_, (i64, Json<serde_json::Value>, Json<serde_json::Value>)>(
         "SELECT position, payload, metadata FROM eventsource.events ORDER BY transaction_id, position",
@@ -112,10 +100,39 @@ async fn baseline_peak(store: &PostgresStore, count: usize) -> Result<(u64, f64)
     if seen != count {
         return Err(format!("the baseline read {seen} rows, expected {count}").into());
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    drop(rows);
-    let (_, peak) = rss();
-    Ok((peak.saturating_sub(before), elapsed))
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// The child process: replays the database at `url` one way and prints its peak memory and time.
+async fn child(kind: &str, url: &str, count: usize) -> Result<(), BoxError> {
+    let store = PostgresStore::connect(url).await?;
+    let seconds = match kind {
+        "subscription" => replay_subscription(&store, count).await?,
+        "raw" => replay_raw(&store, count).await?,
+        other => return Err(format!("unknown replay `{other}`").into()),
+    };
+    store.close().await;
+    println!("{} {seconds}", rss().1);
+    Ok(())
+}
+
+/// Runs one replay in a child process; returns its peak resident memory and time.
+fn replay_in_child(kind: &str, url: &str, count: usize) -> Result<(u64, f64), BoxError> {
+    let output = std::process::Command::new(std::env::current_exe()?)
+        .args(["replay", kind, url, &count.to_string()])
+        .output()?;
+    if !output.status.success() {
+        return Err(format!(
+            "the {kind} replay failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8(output.stdout)?;
+    let mut fields = text.split_whitespace();
+    let peak = fields.next().ok_or("no peak")?.parse()?;
+    let seconds = fields.next().ok_or("no time")?.parse()?;
+    Ok((peak, seconds))
 }
 
 async fn measure(
@@ -132,22 +149,26 @@ async fn measure(
         "{name}: seeded {count} events of {payload_bytes} payload bytes in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    // Alternate, and take each side's larger peak over two rounds.
+    let server = eventsource::postgres::testing::database_url();
+    let url = match server.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{}", db.name()),
+        None => return Err(format!("cannot name a database in {server}").into()),
+    };
+    // Alternate, twice each; the larger peak of each side counts.
     let (mut ours, mut raw) = ((0, 0.0), (0, 0.0));
     for _ in 0..2 {
-        let s = subscription_peak(&store, count).await?;
-        let b = baseline_peak(&store, count).await?;
+        let s = replay_in_child("subscription", &url, count)?;
+        let b = replay_in_child("raw", &url, count)?;
         ours = (ours.0.max(s.0), s.1);
         raw = (raw.0.max(b.0), b.1);
     }
     println!(
-        "{name}: peak RSS above the start of the replay: subscription {:.1} MiB ({:.1} s), raw sqlx stream {:.1} MiB ({:.1} s); ratio {:.2}x; process RSS now {:.1} MiB",
+        "{name}: peak RSS of the replaying process: subscription {:.1} MiB ({:.1} s), raw sqlx stream {:.1} MiB ({:.1} s); ratio {:.2}x",
         mib(ours.0),
         ours.1,
         mib(raw.0),
         raw.1,
         ours.0 as f64 / raw.0.max(1) as f64,
-        mib(rss().0),
     );
     store.close().await;
     db.drop_database().await?;
@@ -156,12 +177,22 @@ async fn measure(
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let which = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    if which.as_deref() != Some("small") {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("replay") {
+        let [_, kind, url, count] = args.as_slice() else {
+            return Err("usage: memory replay <subscription|raw> <url> <count>".into());
+        };
+        return child(kind, url, count.parse()?).await;
+    }
+    let which = args
+        .iter()
+        .find(|a| !a.starts_with('-'))
+        .map(String::as_str);
+    if which != Some("small") {
         // Just under the default payload limit of 1 MiB, 10 to an append (under 32 MiB).
         measure("300 x 1 MiB", 300, 1024 * 1024 - 100, 10).await?;
     }
-    if which.as_deref() != Some("large") {
+    if which != Some("large") {
         measure("1,000,000 small", 1_000_000, 20, 1_000).await?;
     }
     Ok(())

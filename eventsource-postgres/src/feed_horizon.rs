@@ -181,7 +181,8 @@ mod tests {
             BatchSize::events(1000),
             &FeedFilter::all(),
         )
-        .await?;
+        .await?
+        .0;
         assert_eq!(
             payload_n(&batch.events),
             Vec::<u64>::new(),

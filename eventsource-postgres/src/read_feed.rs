@@ -30,10 +30,10 @@ impl FeedReader for PostgresStore {
     /// continues after the last row it keeps and reaches the head when fewer than `size.events`
     /// came back and none was left for the byte budget.
     ///
-    /// The byte budget is kept twice: the query marks the rows past it by stored sizes and sends
-    /// no data for them, and this reader counts the bytes it receives and stops before the
-    /// event that would pass the budget (stored sizes of compressed payloads understate what
-    /// arrives). Rows after the stop are drained without being decoded.
+    /// The byte budget is kept here: the reader counts the payload and metadata bytes it
+    /// receives and stops before the event that would pass the budget. It then closes its
+    /// connection instead of returning it to the pool, so the rest of the result is never
+    /// transferred (the server abandons the read-only statement).
     async fn read_feed_batch(
         &self,
         after: FeedPosition,
@@ -52,7 +52,12 @@ impl FeedReader for PostgresStore {
             FeedHorizon::Writers => Some(writers_horizon(&mut conn).await?.below),
             FeedHorizon::Cluster => None,
         };
-        read_below(&mut conn, horizon, after, size, filter).await
+        let (batch, unread) = read_below(&mut conn, horizon, after, size, filter).await?;
+        if unread {
+            // Rows are still on their way: close the connection rather than receive them.
+            drop(conn.detach());
+        }
+        Ok(batch)
     }
 }
 
@@ -62,13 +67,16 @@ impl FeedReader for PostgresStore {
 /// `conn` must not be in a transaction, and in Writers mode `horizon` must come from
 /// [`writers_horizon`] run *before* this, so that this statement's snapshot is taken after the
 /// lock read. `size` must be checked ([`BatchSize::check`]).
+///
+/// The second value is `true` when the batch stopped at its byte budget with rows of the result
+/// still unread: `conn` is then in the middle of a result, and must be closed, not reused.
 pub(crate) async fn read_below(
     conn: &mut PgConnection,
     horizon: Option<Xid8>,
     after: FeedPosition,
     size: BatchSize,
     filter: &FeedFilter,
-) -> Result<FeedBatch, StoreError> {
+) -> Result<(FeedBatch, bool), StoreError> {
     let categories: Option<Vec<&str>> = filter
         .categories
         .as_ref()
@@ -84,38 +92,26 @@ pub(crate) async fn read_below(
         .bind(i64::try_from(size.events).unwrap_or(i64::MAX))
         .bind(categories)
         .bind(filter.event_types.as_deref())
-        .bind(i64::try_from(size.bytes).unwrap_or(i64::MAX))
         .bind(horizon)
         .fetch(&mut *conn);
     let failed = |e| backend(format!("read the feed after {after}"), e);
     // Rows are decoded as they arrive, while the server still sends the rest.
-    let mut decoder: Option<(EventColumns, usize, usize)> = None;
+    let mut decoder: Option<(EventColumns, usize)> = None;
     let mut events: Vec<RecordedEvent> = Vec::new();
     let mut examined = 0;
     let mut bytes = 0usize;
     let mut stopped = false;
     let mut last = None;
     while let Some(row) = rows.try_next().await.map_err(failed)? {
-        if stopped {
-            continue;
-        }
-        let (columns, wanted, cut) = match decoder {
+        let (columns, wanted) = match decoder {
             Some(decoder) => decoder,
-            None => *decoder.insert((
-                EventColumns::of(&row)?,
-                flag_column(&row, "wanted")?,
-                flag_column(&row, "cut")?,
-            )),
+            None => *decoder.insert((EventColumns::of(&row)?, flag_column(&row, "wanted")?)),
         };
-        if flag(&row, cut, "cut")? {
-            stopped = true;
-            continue;
-        }
         if flag(&row, wanted, "wanted")? {
             bytes = bytes.saturating_add(columns.data_bytes(&row));
             if bytes > size.bytes && !events.is_empty() {
                 stopped = true;
-                continue;
+                break;
             }
             let previous = events.last().map(|e| &e.stream_id);
             events.push(columns.decode(&row, previous)?);
@@ -123,15 +119,17 @@ pub(crate) async fn read_below(
         examined += 1;
         last = Some((columns, row));
     }
+    drop(rows);
     let next = match last {
         Some((columns, row)) => columns.feed_position(&row)?,
         None => after,
     };
-    Ok(FeedBatch {
+    let batch = FeedBatch {
         events,
         next,
         reached_head: !stopped && examined < size.events,
-    })
+    };
+    Ok((batch, stopped))
 }
 
 /// Where the feed query's flag `name` is in its rows.

@@ -31,7 +31,22 @@ const KEEPALIVES: &str = "SELECT set_config('tcp_keepalives_idle', '10', false),
 ///
 /// Standbys retry on one kept connection instead of opening one per attempt; a connection that
 /// failed is dropped, and the next attempt connects anew.
-pub(crate) struct ActiveInstance {
+///
+/// ```no_run
+/// # async fn run(store: eventsource_postgres::PostgresStore) -> Result<(), sqlx::Error> {
+/// use eventsource_postgres::ActiveInstance;
+/// let mut relay = ActiveInstance::new(&store, "relay", "orders-to-rabbitmq");
+/// loop {
+///     if let Some(lock_connection) = relay.try_acquire().await? {
+///         // Active until `lock_connection` closes: do the work, checkpoint, and keep it open.
+///         # drop(lock_connection);
+///         break;
+///     }
+///     tokio::time::sleep(std::time::Duration::from_secs(1)).await; // another process is active
+/// }
+/// # Ok(()) }
+/// ```
+pub struct ActiveInstance {
     options: PgConnectOptions,
     key: String,
     /// The connection of an attempt that found the lock taken, for the next attempt.
@@ -40,7 +55,7 @@ pub(crate) struct ActiveInstance {
 
 impl ActiveInstance {
     /// Contends for the role of `name` among components of `kind` on `store`'s database.
-    pub(crate) fn new(store: &PostgresStore, kind: &str, name: &str) -> Self {
+    pub fn new(store: &PostgresStore, kind: &str, name: &str) -> Self {
         Self {
             options: (*store.pool().connect_options()).clone(),
             key: Self::key(kind, name),
@@ -49,13 +64,13 @@ impl ActiveInstance {
     }
 
     /// The text whose hash is the lock key of `name` among components of `kind`.
-    pub(crate) fn key(kind: &str, name: &str) -> String {
+    pub fn key(kind: &str, name: &str) -> String {
         format!("eventsource.{kind}/{name}")
     }
 
     /// One attempt: `Some(connection)` holding the lock (the role lasts as long as that
     /// connection), `None` while another instance holds it.
-    pub(crate) async fn try_acquire(&mut self) -> Result<Option<PgConnection>, sqlx::Error> {
+    pub async fn try_acquire(&mut self) -> Result<Option<PgConnection>, sqlx::Error> {
         let mut conn = match self.spare.take() {
             Some(conn) => conn,
             None => {
@@ -78,7 +93,7 @@ impl ActiveInstance {
     }
 
     /// Closes the connection kept between attempts.
-    pub(crate) async fn close(&mut self) {
+    pub async fn close(&mut self) {
         if let Some(conn) = self.spare.take() {
             let _ = sqlx::Connection::close(conn).await;
         }

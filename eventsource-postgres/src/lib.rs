@@ -11,7 +11,7 @@
 //! - [`testing`]: a fresh database per test.
 #![deny(missing_docs)]
 
-mod active_instance;
+pub mod active_instance;
 mod append;
 mod error;
 mod feed_guard;
@@ -31,6 +31,7 @@ mod subscribe;
 mod supervisor;
 pub mod testing;
 
+pub use active_instance::ActiveInstance;
 #[doc(inline)]
 pub use feed_horizon::FeedHorizon;
 pub use feed_position::feed_position;

@@ -18,6 +18,7 @@ pub mod rebuild;
 mod registry;
 mod runner;
 mod scope;
+mod setup;
 mod setup_lock;
 
 use async_trait::async_trait;

@@ -32,6 +32,7 @@ use sqlx::{Connection, PgConnection, Row};
 
 use super::error::ProjectionError;
 use super::scope::{check_identifier, quoted, set_search_path};
+use super::setup::install;
 use super::setup_lock;
 use super::{checkpoint, read_filter, Projection};
 use crate::active_instance::ActiveInstance;
@@ -156,15 +157,7 @@ async fn replay_and_swap<P: Projection>(
                         .await
                         .map_err(db("create the shadow schema"))?;
                 }
-                set_search_path(name, &mut tx, &shadow).await?;
-                projection
-                    .setup(&mut tx)
-                    .await
-                    .map_err(|e| ProjectionError::SetupFailed {
-                        projection: name.to_owned(),
-                        source: e.into(),
-                    })?;
-                checkpoint::write(&mut tx, name, &rebuild_checkpoint, FeedPosition::START).await?;
+                install(projection, &mut tx, &shadow, &rebuild_checkpoint).await?;
                 FeedPosition::START
             }
         };

@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::error::ProjectionError;
-use super::scope::{check_identifier, set_search_path};
+use super::scope::check_identifier;
+use super::setup::install;
 use super::setup_lock::setup_lock;
 use super::{checkpoint, dead_letters, read_filter, registry, Projection};
 use crate::active_instance::ActiveInstance;
@@ -407,15 +408,7 @@ impl<P: Projection> ProjectionRunner<P> {
             .execute(&mut *tx)
             .await
             .map_err(db("create the projection's schema"))?;
-        set_search_path(name, &mut tx, schema).await?;
-        self.projection
-            .setup(&mut tx)
-            .await
-            .map_err(|e| ProjectionError::SetupFailed {
-                projection: name.to_owned(),
-                source: e.into(),
-            })?;
-        checkpoint::write(&mut tx, name, name, FeedPosition::START).await?;
+        install(&*self.projection, &mut tx, schema, name).await?;
         tx.commit().await.map_err(db("commit setup"))?;
         Ok(FeedPosition::START)
     }

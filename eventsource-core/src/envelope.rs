@@ -80,7 +80,7 @@ pub trait FeedItem: Sized + Send + Sync + 'static {
 
     /// A batch of recorded events as handlers of this item see it; on an event that does not
     /// decode, its index in `events` and the error.
-    fn view(events: &[RecordedEvent]) -> Result<Items<'_, Self>, (usize, StoreError)>;
+    fn view(events: &[RecordedEvent]) -> Result<Items<'_, Self>, (usize, Box<StoreError>)>;
 }
 
 impl FeedItem for RecordedEvent {
@@ -88,7 +88,7 @@ impl FeedItem for RecordedEvent {
         None
     }
 
-    fn view(events: &[RecordedEvent]) -> Result<Items<'_, Self>, (usize, StoreError)> {
+    fn view(events: &[RecordedEvent]) -> Result<Items<'_, Self>, (usize, Box<StoreError>)> {
         Ok(Items::Borrowed(events))
     }
 }
@@ -98,11 +98,15 @@ impl<E: DomainEvent> FeedItem for Envelope<E> {
         Some(E::EVENT_TYPES)
     }
 
-    fn view(events: &[RecordedEvent]) -> Result<Items<'_, Self>, (usize, StoreError)> {
+    fn view(events: &[RecordedEvent]) -> Result<Items<'_, Self>, (usize, Box<StoreError>)> {
         events
             .iter()
             .enumerate()
-            .map(|(index, event)| event.to_envelope().map_err(|error| (index, error)))
+            .map(|(index, event)| {
+                event
+                    .to_envelope()
+                    .map_err(|error| (index, Box::new(error)))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Items::Owned)
     }

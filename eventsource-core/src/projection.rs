@@ -105,7 +105,7 @@ where
         let batch = feed.next().await?;
         let applied = match P::Event::view(&batch.events) {
             Ok(items) => apply_each(projection, &items).await,
-            Err((index, error)) => Err((index, error.into())),
+            Err((index, error)) => Err((index, error as BoxError)),
         };
         if let Err((index, source)) = applied {
             let event = &batch.events[index];

@@ -146,7 +146,6 @@ fn quick_runner(store: &PostgresStore, projection: Arc<Items>) -> ProjectionRunn
             backoff: Duration::from_millis(1),
             on_failure: OnFailure::Stop,
         },
-        ..RunnerOptions::default()
     })
 }
 

@@ -145,7 +145,7 @@ pub async fn replay<P: Projection>(
             .handle(&mut tx, &items)
             .await
             .map_err(Into::<BoxError>::into),
-        Err((_, error)) => Err(Box::new(error) as BoxError),
+        Err((_, error)) => Err(error as BoxError),
     };
     if let Err(error) = handled {
         // Rolled back before the connection goes back to the pool (the handler's writes gave

@@ -359,7 +359,7 @@ async fn apply<P: Projection>(
         events: events.len(),
         source,
     };
-    let items = P::Event::view(events).map_err(|(_, error)| failed(Box::new(error)))?;
+    let items = P::Event::view(events).map_err(|(_, error)| failed(error))?;
     projection
         .handle(tx, &items)
         .await

@@ -543,7 +543,7 @@ impl<P: Projection> ProjectionRunner<P> {
         }
         if !events.is_empty() {
             let items = P::Event::view(events).map_err(|(_, error)| BatchError::Handler {
-                error: Box::new(error),
+                error,
                 retry: false,
             })?;
             self.projection

@@ -144,6 +144,10 @@ mod tests {
         assert!(inspect(&json!({"a\u{0}": 1}), 10).has_nul);
         assert!(!inspect(&json!({"a": ["x"]}), 10).has_nul);
         assert_eq!(text_depth(br#"{"a":"[[[\"]]","b":[{}]}"#), 3);
+        assert_eq!(text_depth(b"[[],[],{}]"), 2, "closing brackets count down");
+        assert_eq!(inspect(&json!({}), 10).depth, 1);
+        assert_eq!(inspect(&json!({"a": {"b": {"c": 1}}}), 1).depth, 2);
+        assert_eq!(inspect(&json!([[[1]]]), 1).depth, 2);
         assert_eq!(text_depth(nested(5000).as_bytes()), 5000);
     }
 
@@ -153,6 +157,7 @@ mod tests {
         assert!(serde_json::from_str::<Value>(&deep).is_err());
         let value: Value = parse_stored(deep.as_bytes()).expect("200 levels read back");
         assert_eq!(inspect(&value, usize::MAX).depth, 200);
+        assert!(parse_stored::<Value>(nested(MAX_READ_DEPTH).as_bytes()).is_ok());
         assert!(matches!(
             parse_stored::<Value>(nested(MAX_READ_DEPTH + 1).as_bytes()),
             Err(StoredJsonError::TooDeep { .. })

@@ -277,3 +277,40 @@ impl Subscribe for InMemoryStore {
         self.inner.appended.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::metadata::EventMetadata;
+
+    /// A batch takes events while their bytes stay within the budget, the budget included.
+    #[tokio::test]
+    async fn a_batch_fills_its_byte_budget_exactly() {
+        let store = InMemoryStore::new();
+        let stream = StreamId::new("bytes", "1").expect("valid id");
+        let events: Vec<NewEvent> = (0..3)
+            .map(|_| NewEvent::new("E", 1, json!("xxxx"), EventMetadata::default()))
+            .collect();
+        store
+            .append(&stream, ExpectedVersion::NoStream, events)
+            .await
+            .expect("append");
+        let one = store.state().sizes[0];
+        let filter = FeedFilter::all();
+        let read = |bytes| {
+            store.read_feed_batch(
+                FeedPosition::START,
+                BatchSize::events(10).with_bytes(bytes),
+                &filter,
+            )
+        };
+        let exact = read(2 * one).await.expect("read");
+        assert_eq!((exact.events.len(), exact.reached_head), (2, false));
+        let short = read(2 * one - 1).await.expect("read");
+        assert_eq!((short.events.len(), short.reached_head), (1, false));
+        let all = read(3 * one).await.expect("read");
+        assert_eq!((all.events.len(), all.reached_head), (3, true));
+    }
+}

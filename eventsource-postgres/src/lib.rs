@@ -7,8 +7,11 @@
 //! - [`projection`]: projection runners, rebuilds, dead letters and lag;
 //! - [`Supervisor`]: runs several projection runners (any [`Component`]) under one shutdown,
 //!   with one status view and restarts with backoff;
-//! - [`LocalServer`]: a throwaway server from the installed binaries, for development;
-//! - [`testing`]: a fresh database per test.
+//!
+//! With the feature `testing` (for tests, examples and development tools only; it is off by
+//! default because these run `initdb` and `DROP DATABASE ... WITH (FORCE)`):
+//! - `LocalServer`: a throwaway server from the installed binaries, for development;
+//! - `testing`: a fresh database per test (`testing::TestDatabase`).
 #![deny(missing_docs)]
 
 mod append;
@@ -17,6 +20,7 @@ mod feed_guard;
 mod feed_horizon;
 mod feed_position;
 mod listener;
+#[cfg(feature = "testing")]
 pub mod local_server;
 mod notifier;
 pub mod projection;
@@ -28,12 +32,14 @@ mod snapshot;
 mod store;
 mod subscribe;
 mod supervisor;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 #[doc(inline)]
 pub use feed_horizon::FeedHorizon;
 pub use feed_position::feed_position;
 pub use listener::ListenerStats;
+#[cfg(feature = "testing")]
 pub use local_server::LocalServer;
 pub use store::{PostgresStore, DEFAULT_DATABASE_URL};
 #[doc(inline)]

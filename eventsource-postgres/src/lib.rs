@@ -7,6 +7,9 @@
 //! - [`projection`]: projection runners, rebuilds, dead letters and lag;
 //! - [`Supervisor`]: runs several projection runners (any [`Component`]) under one shutdown,
 //!   with one status view and restarts with backoff;
+//! - [`sqlx`] and [`PgConnection`]: the driver this crate is built on, re-exported so that a
+//!   projection can write its read model without a `sqlx` dependency of its own (and with the
+//!   very version this crate uses).
 //!
 //! With the feature `testing` (for tests, examples and development tools only; it is off by
 //! default because these run `initdb` and `DROP DATABASE ... WITH (FORCE)`):
@@ -41,6 +44,11 @@ pub use feed_position::feed_position;
 pub use listener::ListenerStats;
 #[cfg(feature = "testing")]
 pub use local_server::LocalServer;
+/// The PostgreSQL driver this crate is built on: a projection's `setup` and `handle` receive a
+/// [`PgConnection`] and write with `sqlx::query(...)`.
+pub use sqlx;
+#[doc(no_inline)]
+pub use sqlx::PgConnection;
 pub use store::{PostgresStore, DEFAULT_DATABASE_URL};
 #[doc(inline)]
 pub use supervisor::{

@@ -1,13 +1,4 @@
-//! # eventsource
-//!
-//! Event sourcing for Rust on PostgreSQL: aggregates that decide on commands and emit events,
-//! every event stored in PostgreSQL with versioned appends and optimistic concurrency, a global
-//! feed that never skips an event, and projections that build read models from it.
-//!
-//! This crate re-exports the pieces:
-//! - the model and the in-memory store, from `eventsource-core` (always);
-//! - [`postgres`]: the PostgreSQL store (feature `postgres`, on by default);
-//! - `#[derive(DomainEvent)]` for event enums (feature `derive`, on by default).
+#![doc = include_str!("../README.md")]
 #![deny(missing_docs)]
 
 #[doc(inline)]

@@ -35,8 +35,9 @@ use std::time::{Duration, Instant};
 
 use eventsource::postgres::testing::TestDatabase;
 use eventsource::postgres::{FeedHorizon, PostgresStore};
+use eventsource::store::read_feed;
 use eventsource::{
-    read_feed, BatchSize, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedOptions,
+    BatchSize, EventAppender, EventMetadata, ExpectedVersion, FeedFilter, FeedOptions,
     FeedPosition, NewEvent, StreamId, Subscribe, Subscription,
 };
 use futures::{StreamExt, TryStreamExt};

@@ -191,7 +191,7 @@ async fn rows_nested_past_the_read_limit_are_named() {
     let db = TestDatabase::create().await.expect("test database");
     let store = db.store().await.expect("store");
     let id = StreamId::new("legacy", "abyss").expect("id");
-    let depth = eventsource::json_nesting::MAX_READ_DEPTH + 1;
+    let depth = eventsource::store::json_nesting::MAX_READ_DEPTH + 1;
     let text = "[".repeat(depth) + &"]".repeat(depth);
     insert_by_sql(&store, &id, 1, &text).await;
     let read: Result<Vec<_>, _> = store

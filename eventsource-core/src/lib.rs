@@ -9,7 +9,9 @@
 //! - [`Aggregate`] and [`Repository`] (load, decide, append, retry on [`Conflict`]);
 //! - the store contract: [`EventAppender`], [`StreamReader`], [`FeedReader`] = [`EventStore`];
 //! - [`InMemoryStore`], which keeps the same contract as the PostgreSQL store;
-//! - [`testing`]: the store contract suite and a small aggregate for tests.
+//! - [`testing`]: the store contract suite and a small aggregate for tests;
+//! - [`store`]: the building blocks of a store implementation, kept out of the crate root so
+//!   that application code meets only what it uses.
 #![deny(missing_docs)]
 
 pub mod aggregate;
@@ -22,7 +24,9 @@ pub mod event_store;
 pub mod expected_version;
 pub mod feed;
 pub mod feed_follower;
+#[doc(hidden)]
 pub mod idempotency;
+#[doc(hidden)]
 pub mod json_nesting;
 pub mod limits;
 pub mod memory_store;
@@ -33,6 +37,7 @@ pub mod repository;
 pub mod retry_policy;
 pub mod snapshot;
 pub mod snapshot_policy;
+pub mod store;
 pub mod stream_id;
 pub mod subscription;
 pub mod testing;
@@ -41,24 +46,23 @@ pub mod version;
 pub use aggregate::Aggregate;
 pub use command_context::CommandContext;
 pub use domain_event::{DecodeError, DomainEvent, EncodeError};
-pub use envelope::{Envelope, FeedItem, Items};
+pub use envelope::{Envelope, FeedItem};
 pub use error::{BoxError, Conflict, StoreError, ValidationError};
 pub use event::{NewEvent, RecordedEvent};
 pub use event_store::{
     AppendResult, EventAppender, EventStore, EventStream, FeedReader, StreamReader,
 };
 pub use expected_version::ExpectedVersion;
-pub use feed::{read_feed, BatchSize, FeedBatch, FeedFilter};
+pub use feed::{BatchSize, FeedBatch, FeedFilter};
 pub use feed_follower::{FeedFollower, FeedOptions, FollowerStatus, Outage};
-pub use idempotency::{replayed_append, StoredEventLocation};
 pub use limits::Limits;
 pub use memory_store::InMemoryStore;
 pub use metadata::EventMetadata;
-pub use position::{FeedPosition, GlobalPosition};
+pub use position::FeedPosition;
 pub use repository::{AppendedEvent, CommandError, Executed, Loaded, Repository};
 pub use retry_policy::RetryPolicy;
 pub use snapshot::{Snapshot, SnapshotStore};
 pub use snapshot_policy::SnapshotPolicy;
 pub use stream_id::{Category, StreamId};
-pub use subscription::{FeedHoldup, Subscribe, Subscription, WakeSignal};
+pub use subscription::{FeedHoldup, Subscribe, Subscription};
 pub use version::StreamVersion;

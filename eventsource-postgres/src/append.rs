@@ -4,9 +4,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use eventsource_core::store::{replayed_append, StoredEventLocation};
 use eventsource_core::{
-    replayed_append, AppendResult, Conflict, EventAppender, ExpectedVersion, NewEvent, RetryPolicy,
-    StoreError, StoredEventLocation, StreamId, StreamVersion, ValidationError,
+    AppendResult, Conflict, EventAppender, ExpectedVersion, NewEvent, RetryPolicy, StoreError,
+    StreamId, StreamVersion, ValidationError,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres, Row};

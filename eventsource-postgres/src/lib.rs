@@ -7,8 +7,14 @@
 //! - [`projection`]: projection runners, rebuilds, dead letters and lag;
 //! - [`Supervisor`]: runs several projection runners (any [`Component`]) under one shutdown,
 //!   with one status view and restarts with backoff;
-//! - [`LocalServer`]: a throwaway server from the installed binaries, for development;
-//! - [`testing`]: a fresh database per test.
+//! - [`sqlx`] and [`PgConnection`]: the driver this crate is built on, re-exported so that a
+//!   projection can write its read model without a `sqlx` dependency of its own (and with the
+//!   very version this crate uses).
+//!
+//! With the feature `testing` (for tests, examples and development tools only; it is off by
+//! default because these run `initdb` and `DROP DATABASE ... WITH (FORCE)`):
+//! - `LocalServer`: a throwaway server from the installed binaries, for development;
+//! - `testing`: a fresh database per test (`testing::TestDatabase`).
 #![deny(missing_docs)]
 
 pub mod active_instance;
@@ -18,6 +24,7 @@ mod feed_guard;
 mod feed_horizon;
 mod feed_position;
 mod listener;
+#[cfg(feature = "testing")]
 pub mod local_server;
 mod notifier;
 pub mod projection;
@@ -29,6 +36,7 @@ mod snapshot;
 mod store;
 mod subscribe;
 mod supervisor;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use active_instance::ActiveInstance;
@@ -36,7 +44,13 @@ pub use active_instance::ActiveInstance;
 pub use feed_horizon::FeedHorizon;
 pub use feed_position::feed_position;
 pub use listener::ListenerStats;
+#[cfg(feature = "testing")]
 pub use local_server::LocalServer;
+/// The PostgreSQL driver this crate is built on: a projection's `setup` and `handle` receive a
+/// [`PgConnection`] and write with `sqlx::query(...)`.
+pub use sqlx;
+#[doc(no_inline)]
+pub use sqlx::PgConnection;
 pub use store::{PostgresStore, DEFAULT_DATABASE_URL};
 #[doc(inline)]
 pub use supervisor::{

@@ -1,9 +1,9 @@
 //! Decoding event rows into [`RecordedEvent`]s, with checked conversions at the boundary.
 
 use chrono::{DateTime, Utc};
-use eventsource_core::json_nesting;
+use eventsource_core::store::{json_nesting, GlobalPosition};
 use eventsource_core::{
-    EventMetadata, FeedPosition, GlobalPosition, RecordedEvent, StoreError, StreamId, StreamVersion,
+    EventMetadata, FeedPosition, RecordedEvent, StoreError, StreamId, StreamVersion,
 };
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;

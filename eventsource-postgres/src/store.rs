@@ -5,7 +5,8 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use eventsource_core::{FeedPosition, Limits, StoreError, WakeSignal};
+use eventsource_core::store::WakeSignal;
+use eventsource_core::{FeedPosition, Limits, StoreError};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 

@@ -1,7 +1,8 @@
 //! Live subscriptions on PostgreSQL: wake-ups from the shared listener, holdup reports.
 
 use chrono::{DateTime, Utc};
-use eventsource_core::{FeedHoldup, StoreError, Subscribe, WakeSignal};
+use eventsource_core::store::WakeSignal;
+use eventsource_core::{FeedHoldup, StoreError, Subscribe};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 

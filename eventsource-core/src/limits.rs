@@ -247,8 +247,10 @@ mod tests {
     /// Every limit accepts exactly its value and refuses one more.
     #[test]
     fn limits_are_inclusive() {
-        let mut metadata = EventMetadata::default();
-        metadata.actor = Some("a".repeat(10));
+        let metadata = EventMetadata {
+            actor: Some("a".repeat(10)),
+            ..EventMetadata::default()
+        };
         let event = NewEvent::new("E", 1, json!({ "s": "x" }), metadata);
         let metadata_len = serde_json::to_string(&event.metadata).expect("json").len();
         let event_len = event.payload.to_string().len() + metadata_len + event.event_type.len();

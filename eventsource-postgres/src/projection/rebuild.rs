@@ -51,7 +51,7 @@ const SETTLE_DEAD_LETTERS: &str = include_str!("sql/settle_dead_letters.sql");
 pub struct RebuildOptions {
     /// Events and bytes per transaction (default 1,000 events and 16 MiB), with the reconnect
     /// backoff of its reads. Its `filter` is ignored: the rebuild reads what
-    /// [`Projection::filter`](super::Projection::filter) asks for.
+    /// [`Projection::filter`] asks for.
     pub feed: FeedOptions,
     /// Discard an interrupted rebuild instead of resuming it.
     pub fresh: bool,

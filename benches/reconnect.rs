@@ -58,8 +58,11 @@ fn restart(how: &str) -> Result<(), BoxError> {
         "immediate" => run(&format!("{ctl} restart -m immediate")),
         _ => {
             let pid_file = format!("/var/run/postgresql/{version}-main.pid");
+            // The postmaster and every backend die at once; the stale pid and socket lock
+            // files are removed before the start.
             run(&format!(
-                "kill -9 $(head -1 {pid_file}); sleep 1; rm -f {pid_file}; {ctl} start"
+                "kill -9 $(head -1 {pid_file}); pkill -9 -f '^postgres: {version}/main'; sleep 1; \
+                 rm -f {pid_file} /var/run/postgresql/.s.PGSQL.5432.lock; {ctl} start"
             ))
         }
     }
@@ -88,9 +91,12 @@ async fn main() -> Result<(), BoxError> {
     let writer = PostgresStore::connect(&url).await?;
     let stream = StreamId::new("reconnect", "1")?;
     let appended = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    // When each event was appended (acknowledged), by its number.
+    let append_times = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Instant>::new()));
     let writing = tokio::spawn({
         let stream = stream.clone();
         let appended = appended.clone();
+        let append_times = append_times.clone();
         async move {
             let mut n = 0u64;
             loop {
@@ -101,6 +107,10 @@ async fn main() -> Result<(), BoxError> {
                     .is_ok()
                 {
                     n += 1;
+                    append_times
+                        .lock()
+                        .map(|mut times| times.push(Instant::now()))
+                        .ok();
                     appended.store(n, std::sync::atomic::Ordering::SeqCst);
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -125,19 +135,25 @@ async fn main() -> Result<(), BoxError> {
         // The first event appended after the server was back (by a writer that itself rides
         // out the outage), delivered: every event before it comes first, once and in order.
         let first_new = appended.load(std::sync::atomic::Ordering::SeqCst);
-        let first_after = loop {
+        let (first_after, since_append) = loop {
             let event = subscription.try_next().await?.ok_or("ended")?;
             if event.payload["n"].as_u64() != Some(expected) {
                 return Err(format!("expected event {expected}, got {}", event.payload).into());
             }
             expected += 1;
             if expected > first_new {
-                break back.elapsed();
+                let appended_at = append_times
+                    .lock()
+                    .ok()
+                    .and_then(|times| times.get(first_new as usize).copied())
+                    .ok_or("no append time")?;
+                break (back.elapsed(), appended_at.elapsed());
             }
         };
         println!(
-            "restart ({how}): the first event appended after the server accepted connections again was delivered {:.0} ms after that; {} outage(s) recovered; every event so far delivered once, in order",
+            "restart ({how}): the first event appended after the server accepted connections again was delivered {:.0} ms after that, {:.0} ms after its append; {} outage(s) recovered; every event so far delivered once, in order",
             first_after.as_secs_f64() * 1000.0,
+            since_append.as_secs_f64() * 1000.0,
             subscription.status().outages_recovered
         );
     }

@@ -9,6 +9,7 @@ use uuid::Uuid;
 use crate::domain_event::DomainEvent;
 use crate::error::StoreError;
 use crate::event::RecordedEvent;
+use crate::feed::FeedFilter;
 use crate::metadata::EventMetadata;
 use crate::position::FeedPosition;
 use crate::stream_id::StreamId;
@@ -81,6 +82,15 @@ pub trait FeedItem: Sized + Send + Sync + 'static {
     /// A batch of recorded events as handlers of this item see it; on an event that does not
     /// decode, its index in `events` and the error.
     fn view(events: &[RecordedEvent]) -> Result<Items<'_, Self>, (usize, Box<StoreError>)>;
+}
+
+/// `filter` as a reader of `I` reads with: when it names no event types itself, the type names
+/// of `I` are added, so the store reads only events that `I` can decode.
+pub fn filter_for<I: FeedItem>(filter: FeedFilter) -> FeedFilter {
+    match (&filter.event_types, I::event_types()) {
+        (None, Some(types)) => filter.with_event_types(types.iter().copied()),
+        _ => filter,
+    }
 }
 
 impl FeedItem for RecordedEvent {

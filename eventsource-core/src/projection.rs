@@ -6,7 +6,7 @@
 
 use async_trait::async_trait;
 
-use crate::envelope::FeedItem;
+use crate::envelope::{filter_for, FeedItem};
 use crate::error::{BoxError, StoreError};
 use crate::event_store::FeedReader;
 use crate::feed::FeedFilter;
@@ -93,12 +93,7 @@ where
     S: FeedReader + ?Sized,
     P: InMemoryProjection + ?Sized,
 {
-    let mut filter = projection.filter();
-    if filter.event_types.is_none() {
-        if let Some(types) = P::Event::event_types() {
-            filter = filter.with_event_types(types.iter().copied());
-        }
-    }
+    let filter = filter_for::<P::Event>(projection.filter());
     let options = FeedOptions::default().with_filter(filter);
     let mut feed = FeedFollower::catch_up(store, after, options);
     loop {

@@ -13,12 +13,13 @@
 //! - [`json_nesting`]: stack-safe depth checks and parsing of stored JSON;
 //! - [`GlobalPosition`]: the identity half of a [`FeedPosition`](crate::FeedPosition);
 //! - [`WakeSignal`]: what [`Subscribe::wake_signal`](crate::Subscribe::wake_signal) returns;
+//! - [`filter_for`]: a filter with a feed item's event type names added;
 //! - [`Items`]: a batch as [`FeedItem::view`](crate::FeedItem::view) returns it;
 //! - [`read_feed`]: the feed from a position up to the head as one stream of events, for
 //!   tools and benchmarks over any [`FeedReader`](crate::FeedReader).
 
 #[doc(inline)]
-pub use crate::envelope::Items;
+pub use crate::envelope::{filter_for, Items};
 #[doc(inline)]
 pub use crate::feed::read_feed;
 #[doc(inline)]

@@ -22,6 +22,7 @@ mod setup;
 mod setup_lock;
 
 use async_trait::async_trait;
+use eventsource_core::store::filter_for;
 use eventsource_core::{BoxError, FeedFilter, FeedItem};
 use sqlx::PgConnection;
 
@@ -96,9 +97,5 @@ pub trait Projection: Send + Sync + 'static {
 /// The filter a projection reads with: its own, with its event type's names added when it
 /// names no types itself.
 pub(crate) fn read_filter<P: Projection + ?Sized>(projection: &P) -> FeedFilter {
-    let filter = projection.filter();
-    match (&filter.event_types, P::Event::event_types()) {
-        (None, Some(types)) => filter.with_event_types(types.iter().copied()),
-        _ => filter,
-    }
+    filter_for::<P::Event>(projection.filter())
 }

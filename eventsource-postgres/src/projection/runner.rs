@@ -192,20 +192,18 @@ impl<P: Projection> ProjectionRunner<P> {
         target: FeedPosition,
     ) -> Result<FeedPosition, ProjectionError> {
         let mut status = self.status.subscribe();
-        loop {
-            let (state, position) = {
-                let now = status.borrow_and_update();
-                (now.state, now.position)
-            };
-            if position >= target {
-                return Ok(position);
-            }
-            if matches!(state, RunnerState::Stopped | RunnerState::Failed) {
-                return Err(self.ended(state, target));
-            }
-            if status.changed().await.is_err() {
-                return Err(self.ended(state, target));
-            }
+        let done = |s: &RunnerStatus| {
+            s.position >= target || matches!(s.state, RunnerState::Stopped | RunnerState::Failed)
+        };
+        // The sender is this runner's own, so the watch cannot close while `self` is borrowed.
+        let (state, position) = match status.wait_for(done).await {
+            Ok(now) => (now.state, now.position),
+            Err(_) => (RunnerState::Stopped, FeedPosition::START),
+        };
+        if position >= target {
+            Ok(position)
+        } else {
+            Err(self.ended(state, target))
         }
     }
 

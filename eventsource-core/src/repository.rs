@@ -15,6 +15,7 @@ use crate::error::{Conflict, StoreError, ValidationError};
 use crate::event::NewEvent;
 use crate::event_store::{AppendResult, EventAppender, StreamReader};
 use crate::expected_version::ExpectedVersion;
+use crate::metadata::EventMetadata;
 use crate::position::FeedPosition;
 use crate::retry_policy::RetryPolicy;
 use crate::snapshot::{SnapshotStore, Snapshotting};
@@ -230,12 +231,13 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
                 });
             }
             let metadata = ctx.metadata();
-            let new_events = events
-                .iter()
-                .map(|e| NewEvent::from_domain(e, metadata.clone()))
-                .collect::<Result<Vec<_>, _>>()?;
             match self
-                .append(stream, ExpectedVersion::Exact(loaded.version), new_events)
+                .append(
+                    stream,
+                    ExpectedVersion::Exact(loaded.version),
+                    &events,
+                    &metadata,
+                )
                 .await
             {
                 Ok((result, ids)) => {
@@ -263,7 +265,7 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
                         conflicts,
                     });
                 }
-                Err(StoreError::Conflict(conflict)) => {
+                Err(CommandError::Store(StoreError::Conflict(conflict))) => {
                     tracing::debug!(%stream, attempts, %conflict, "conflict; retrying");
                     if attempts >= self.retry.max_attempts {
                         return Err(CommandError::Conflict {
@@ -275,32 +277,48 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
                     tokio::time::sleep(self.retry.delay_after(attempts)).await;
                     self.catch_up(&mut loaded).await?;
                 }
-                Err(other) => return Err(other.into()),
+                Err(other) => return Err(other),
             }
         }
     }
 
-    /// Appends `events`; when the store fails with a transient error, appends the very same
-    /// events (same ids) again under the outage retry policy. An append whose reply was lost
-    /// after it was stored is then recognised by its event ids and not stored twice, and one
-    /// that was not stored is stored now. Returns the result and the appended ids.
+    /// Encodes and appends `events`; when the store fails with a transient error, appends the
+    /// very same events (same ids, encoded again: the store took the first encoding) under the
+    /// outage retry policy. An append whose reply was lost after it was stored is then
+    /// recognised by its event ids and not stored twice, and one that was not stored is stored
+    /// now. Returns the result and the appended ids.
     async fn append(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<(AppendResult, Vec<Uuid>), StoreError> {
-        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        events: &[A::Event],
+        metadata: &EventMetadata,
+    ) -> Result<(AppendResult, Vec<Uuid>), CommandError<A::Error>> {
+        let mut batch = events
+            .iter()
+            .map(|e| NewEvent::from_domain(e, metadata.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
         let mut attempts = 0;
         loop {
             attempts += 1;
-            match self.store.append(stream, expected, events.clone()).await {
+            match self.store.append(stream, expected, batch).await {
                 Ok(result) => return Ok((result, ids)),
                 Err(error) if error.is_transient() && attempts < self.outage_retry.max_attempts => {
                     tracing::warn!(%stream, attempts, %error, "append failed transiently; appending the same events again");
                     tokio::time::sleep(self.outage_retry.delay_after(attempts)).await;
+                    batch = events
+                        .iter()
+                        .zip(&ids)
+                        .map(|(e, &event_id)| {
+                            NewEvent::from_domain(e, metadata.clone()).map(|encoded| NewEvent {
+                                event_id,
+                                ..encoded
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
                 }
-                Err(error) => return Err(error),
+                Err(error) => return Err(error.into()),
             }
         }
     }

@@ -5,6 +5,8 @@
 //!   ([`FeedHorizon`] chooses which open transactions hold it back);
 //! - [`PostgresStore::migrate`]: creates the `eventsource` schema from `migrations/`;
 //! - [`projection`]: projection runners, rebuilds, dead letters and lag;
+//! - [`relay`]: the feed published to a broker through a broker crate's publisher, and
+//!   [`inbox`]: messages from a broker handled exactly once in effect;
 //! - [`Supervisor`]: runs several projection runners (any [`Component`]) under one shutdown,
 //!   with one status view and restarts with backoff;
 //! - [`sqlx`] and [`PgConnection`]: the driver this crate is built on, re-exported so that a
@@ -19,10 +21,13 @@
 
 pub mod active_instance;
 mod append;
+#[cfg(feature = "testing")]
+pub mod delivery_check;
 mod error;
 mod feed_guard;
 mod feed_horizon;
 mod feed_position;
+pub mod inbox;
 mod listener;
 #[cfg(feature = "testing")]
 pub mod local_server;
@@ -31,7 +36,9 @@ pub mod projection;
 mod read_feed;
 mod read_stream;
 mod redact;
+pub mod relay;
 mod row;
+mod single_instance;
 mod snapshot;
 mod store;
 mod subscribe;

@@ -1,12 +1,14 @@
-//! How far a projection is behind the head of the feed.
+//! How far a projection (or any reader with a checkpoint, such as a relay) is behind the head
+//! of the feed.
 
 use chrono::{DateTime, Utc};
-use eventsource_core::{FeedFilter, FeedHoldup, FeedPosition};
+use eventsource_core::{FeedFilter, FeedHoldup, FeedPosition, StoreError};
 use sqlx::Row;
 
 use super::error::ProjectionError;
 use super::registry::registration;
 use super::{read_filter, Projection};
+use crate::error::backend;
 use crate::row::feed_position;
 use crate::store::PostgresStore;
 
@@ -33,7 +35,7 @@ pub async fn lag<P: Projection>(
     store: &PostgresStore,
     projection: &P,
 ) -> Result<ProjectionLag, ProjectionError> {
-    measure(store, projection.name(), &read_filter(projection)).await
+    Ok(measure(store, projection.name(), &read_filter(projection)).await?)
 }
 
 /// Measures the lag of the projection named `name`, from any process, without its code: the
@@ -42,15 +44,17 @@ pub async fn lag_of(store: &PostgresStore, name: &str) -> Result<ProjectionLag, 
     let filter = registration(store, name)
         .await?
         .map_or_else(FeedFilter::all, |registration| registration.filter);
-    measure(store, name, &filter).await
+    Ok(measure(store, name, &filter).await?)
 }
 
-async fn measure(
+/// Measures the lag of the reader whose checkpoint is named `name` and reads `filter`.
+pub(crate) async fn measure(
     store: &PostgresStore,
     name: &str,
     filter: &FeedFilter,
-) -> Result<ProjectionLag, ProjectionError> {
-    let db = |e| ProjectionError::database(name, "measure lag", e);
+) -> Result<ProjectionLag, StoreError> {
+    let operation = || format!("measure the lag of `{name}`");
+    let db = |e| backend(operation(), e);
     let row = sqlx::query(LAG)
         .bind(name)
         .bind(filter.category_names())

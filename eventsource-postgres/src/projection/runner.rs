@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use eventsource_core::{
     BoxError, FeedBatch, FeedFollower, FeedItem, FeedOptions, FeedPosition, RecordedEvent,
     StoreError,
@@ -18,7 +19,7 @@ use super::scope::check_identifier;
 use super::setup::install;
 use super::setup_lock::setup_lock;
 use super::{checkpoint, dead_letters, read_filter, registry, Projection};
-use crate::active_instance::ActiveInstance;
+use crate::single_instance::{self, ActiveRole, Ended};
 use crate::store::PostgresStore;
 
 /// The kind of a projection runner's lock (`eventsource.projection/<name>`).
@@ -279,52 +280,27 @@ impl<P: Projection> ProjectionRunner<P> {
                 "RunnerOptions::feed allows 0 events or 0 bytes per batch; use at least 1",
             ));
         }
-        let mut instance = ActiveInstance::new(&self.store, RUNNER, name);
-        loop {
-            if shutdown.is_cancelled() {
-                instance.close().await;
-                self.set_state(RunnerState::Stopped);
-                return Ok(());
-            }
-            let acquired = instance.try_acquire().await.map_err(|e| {
-                ProjectionError::database(name, "take the projection's runner lock", e)
+        let role = ActiveProjection {
+            runner: self,
+            stop_at,
+        };
+        let ended = single_instance::run(
+            &self.store,
+            RUNNER,
+            name,
+            self.options.standby_retry,
+            &shutdown,
+            &role,
+        )
+        .await?;
+        if ended == Ended::Finished {
+            self.set_state(if stop_at.is_some() {
+                RunnerState::Live
+            } else {
+                RunnerState::Stopped
             });
-            let outcome = match acquired {
-                Ok(Some(mut conn)) => {
-                    self.status.send_modify(|s| s.activations += 1);
-                    tracing::info!(projection = name, "runner is active");
-                    let outcome = self.active(&mut conn, &shutdown, stop_at).await;
-                    let _ = conn.close().await;
-                    Some(outcome)
-                }
-                Ok(None) => None,
-                Err(error) => Some(Err(error)),
-            };
-            match outcome {
-                Some(Ok(())) => {
-                    self.set_state(if stop_at.is_some() {
-                        RunnerState::Live
-                    } else {
-                        RunnerState::Stopped
-                    });
-                    return Ok(());
-                }
-                Some(Err(error)) if is_terminal(&error) || self.store.pool().is_closed() => {
-                    self.set_state(RunnerState::Failed);
-                    tracing::error!(projection = name, %error, "runner stopped");
-                    return Err(error);
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(projection = name, %error, "runner lost its active role; standing by");
-                }
-                None => {}
-            }
-            self.set_state(RunnerState::Standby);
-            tokio::select! {
-                () = tokio::time::sleep(self.options.standby_retry) => {}
-                () = shutdown.cancelled() => {}
-            }
         }
+        Ok(())
     }
 
     /// The active role, on the connection holding the projection's lock.
@@ -594,6 +570,45 @@ impl<P: Projection> ProjectionRunner<P> {
 
     fn set_state(&self, state: RunnerState) {
         self.status.send_modify(|s| s.state = state);
+    }
+}
+
+/// A runner's active role, until shutdown or (with `stop_at`) until its checkpoint reaches it.
+struct ActiveProjection<'a, P> {
+    runner: &'a ProjectionRunner<P>,
+    stop_at: Option<FeedPosition>,
+}
+
+#[async_trait]
+impl<P: Projection> ActiveRole for ActiveProjection<'_, P> {
+    type Error = ProjectionError;
+
+    async fn active(
+        &self,
+        conn: &mut PgConnection,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ProjectionError> {
+        self.runner.active(conn, shutdown, self.stop_at).await
+    }
+
+    fn lock_failed(&self, error: sqlx::Error) -> ProjectionError {
+        ProjectionError::database(
+            self.runner.projection.name(),
+            "take the projection's runner lock",
+            error,
+        )
+    }
+
+    fn is_terminal(&self, error: &ProjectionError) -> bool {
+        is_terminal(error)
+    }
+
+    fn set_state(&self, state: RunnerState) {
+        self.runner.set_state(state);
+    }
+
+    fn activated(&self) {
+        self.runner.status.send_modify(|s| s.activations += 1);
     }
 }
 

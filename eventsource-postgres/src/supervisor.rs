@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::projection::{Projection, ProjectionRunner, RunnerState};
+use crate::relay::{Mapping, Publisher, Relay};
 
 /// A long-running part of a service that a [`Supervisor`] starts, watches and restarts.
 ///
@@ -598,6 +599,28 @@ impl<P: Projection> Component for ProjectionRunner<P> {
             position: Some(status.position),
             events_handled: status.events_applied,
             dead_lettered: status.dead_lettered,
+            activations: status.activations,
+        }
+    }
+}
+
+#[async_trait]
+impl<P: Publisher, M: Mapping> Component for Relay<P, M> {
+    fn name(&self) -> String {
+        format!("relay {}", Relay::name(self))
+    }
+
+    async fn run(&self, shutdown: CancellationToken) -> Result<(), BoxError> {
+        Relay::run(self, shutdown).await.map_err(BoxError::from)
+    }
+
+    fn progress(&self) -> ComponentProgress {
+        let status = self.status().borrow().clone();
+        ComponentProgress {
+            state: status.state.into(),
+            position: Some(status.position),
+            events_handled: status.published,
+            dead_lettered: status.parked,
             activations: status.activations,
         }
     }

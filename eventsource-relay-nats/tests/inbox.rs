@@ -1,0 +1,325 @@
+//! The inbox over a durable JetStream consumer: a redelivery after the commit is acknowledged
+//! without running the handler again; a handler that always fails sends its message to the
+//! dead-letter subject with the error, while the others are handled.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{delete_streams, eventually, jetstream, Names};
+use eventsource_postgres::inbox::{
+    failure_header, Disposition, Inbox, InboxHandler, InboxRetry, IncomingMessage,
+};
+use eventsource_postgres::relay::header;
+use eventsource_postgres::testing::TestDatabase;
+use eventsource_postgres::{PgConnection, PostgresStore};
+use eventsource_relay_nats::async_nats::jetstream::consumer::pull;
+use eventsource_relay_nats::async_nats::jetstream::message::PublishMessage;
+use eventsource_relay_nats::async_nats::{self, jetstream as js_api, HeaderMap};
+use eventsource_relay_nats::{incoming_message, NatsInbox, NatsInboxOptions};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Records each message in `effects` (one row per message id) and counts its calls; fails
+/// every message whose body is `"poison"`.
+#[derive(Clone, Default)]
+struct Effects {
+    calls: Arc<AtomicUsize>,
+    failures: Arc<AtomicUsize>,
+}
+
+#[async_trait]
+impl InboxHandler for Effects {
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        message: &IncomingMessage,
+    ) -> Result<(), Self::Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if message.payload == b"\"poison\"" {
+            self.failures.fetch_add(1, Ordering::SeqCst);
+            return Err("the shipping address is missing".into());
+        }
+        sqlx::query("INSERT INTO effects (message_id) VALUES ($1)")
+            .bind(&message.message_id)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn effects_table(store: &PostgresStore) {
+    sqlx::query("CREATE TABLE effects (message_id text PRIMARY KEY)")
+        .execute(store.pool())
+        .await
+        .expect("create the effects table");
+}
+
+async fn effect_rows(store: &PostgresStore) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM effects")
+        .fetch_one(store.pool())
+        .await
+        .expect("count effects")
+}
+
+/// Publishes `body` to `<prefix>.order.Shipped` as a relay would (message id in both headers).
+async fn publish(js: &js_api::Context, names: &Names, body: &str) -> String {
+    let id = Uuid::now_v7().to_string();
+    let mut headers = HeaderMap::new();
+    headers.insert(header::MESSAGE_ID, id.as_str());
+    headers.insert(header::EVENT_TYPE, "Shipped");
+    let publish = PublishMessage::build()
+        .payload(body.to_owned().into_bytes().into())
+        .headers(headers)
+        .message_id(&id);
+    js.send_publish(format!("{}.order.Shipped", names.prefix), publish)
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck");
+    id
+}
+
+fn inbox_options(names: &Names) -> NatsInboxOptions {
+    NatsInboxOptions {
+        ack_wait: Duration::from_secs(1),
+        requeue_delay: Duration::from_millis(100),
+        ..NatsInboxOptions::new(&names.stream, &names.consumer)
+            .with_dead_letters(&names.dead_letter_prefix, &names.dead_letter_stream)
+    }
+}
+
+async fn consumer_info(js: &js_api::Context, names: &Names) -> js_api::consumer::Info {
+    let consumer: js_api::consumer::Consumer<pull::Config> = js
+        .get_consumer_from_stream(&names.consumer, &names.stream)
+        .await
+        .expect("the consumer");
+    consumer.get_info().await.expect("consumer info")
+}
+
+#[tokio::test]
+async fn a_redelivery_after_the_commit_is_acked_without_running_the_handler() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("store");
+    effects_table(&store).await;
+    let names = Names::new("redeliver");
+    let js = jetstream().await;
+    common::create_stream(&js, &names.stream_setup()).await;
+    let nats_inbox = NatsInbox::new(
+        common::nats_url(),
+        Inbox::new(store.clone(), &names.consumer),
+        inbox_options(&names),
+    )
+    .expect("inbox options");
+    nats_inbox.ensure_topology().await.expect("topology");
+    let id = publish(&js, &names, "\"first\"").await;
+    let handler = Effects::default();
+
+    // A consumer that crashes between its commit and its ack: it receives the message, the
+    // inbox commits the handler's effect, and the connection goes away unacknowledged.
+    {
+        let client = async_nats::connect(common::nats_url())
+            .await
+            .expect("connect");
+        let raw = js_api::new(client.clone());
+        let consumer: js_api::consumer::Consumer<pull::Config> = raw
+            .get_consumer_from_stream(&names.consumer, &names.stream)
+            .await
+            .expect("the consumer");
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .messages()
+            .await
+            .expect("fetch");
+        let message = batch.next().await.expect("one message").expect("a message");
+        let incoming = incoming_message(&message);
+        assert_eq!(incoming.message_id, id);
+        let disposition = Inbox::new(store.clone(), &names.consumer)
+            .receive(&handler, &incoming)
+            .await
+            .expect("receive");
+        assert!(
+            matches!(disposition, Disposition::Handled),
+            "{disposition:?}"
+        );
+        drop(batch);
+        drop(message);
+        drop(consumer);
+        drop(raw);
+        drop(client);
+    }
+    assert_eq!(
+        consumer_info(&js, &names).await.num_ack_pending,
+        1,
+        "the crash left it unacknowledged"
+    );
+
+    // The inbox loop gets the redelivery (after ack_wait) and acks it as a duplicate.
+    let shutdown = CancellationToken::new();
+    let mut status = nats_inbox.status();
+    let run = {
+        let shutdown = shutdown.clone();
+        let handler = handler.clone();
+        async move { nats_inbox.run(&handler, shutdown).await }
+    };
+    let task = tokio::spawn(run);
+    tokio::time::timeout(common::DEADLINE, status.wait_for(|s| s.duplicates == 1))
+        .await
+        .expect("the redelivery within the deadline")
+        .expect("inbox status");
+    eventually("the consumer to have nothing pending", || async {
+        let info = consumer_info(&js, &names).await;
+        info.num_ack_pending == 0 && info.num_pending == 0
+    })
+    .await;
+    assert_eq!(
+        handler.calls.load(Ordering::SeqCst),
+        1,
+        "the handler ran once"
+    );
+    assert_eq!(effect_rows(&store).await, 1, "one effect");
+    let last = status.borrow().clone();
+    assert_eq!(
+        (last.handled, last.duplicates, last.dead_lettered),
+        (0, 1, 0),
+        "{last:?}"
+    );
+    assert!(consumer_info(&js, &names).await.num_redelivered <= 1);
+
+    shutdown.cancel();
+    task.await
+        .expect("inbox task")
+        .expect("inbox ends without error");
+    delete_streams(&js, &names).await;
+    db.drop_database().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn a_handler_that_always_fails_dead_letters_its_message_with_the_error() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("store");
+    effects_table(&store).await;
+    let names = Names::new("poison");
+    let js = jetstream().await;
+    common::create_stream(&js, &names.stream_setup()).await;
+    let retry = InboxRetry {
+        max_attempts: 2,
+        backoff: Duration::from_millis(10),
+    };
+    let nats_inbox = NatsInbox::new(
+        common::nats_url(),
+        Inbox::new(store.clone(), &names.consumer).with_retry(retry),
+        inbox_options(&names),
+    )
+    .expect("inbox options");
+    nats_inbox.ensure_topology().await.expect("topology");
+    let mut good = vec![publish(&js, &names, "\"a\"").await];
+    let poison = publish(&js, &names, "\"poison\"").await;
+    good.push(publish(&js, &names, "\"b\"").await);
+    good.push(publish(&js, &names, "\"c\"").await);
+
+    let handler = Effects::default();
+    let shutdown = CancellationToken::new();
+    let mut status = nats_inbox.status();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        let handler = handler.clone();
+        async move { nats_inbox.run(&handler, shutdown).await }
+    });
+    tokio::time::timeout(
+        common::DEADLINE,
+        status.wait_for(|s| s.handled == 3 && s.dead_lettered == 1),
+    )
+    .await
+    .expect("every message dealt with within the deadline")
+    .expect("inbox status");
+    eventually("the consumer to have nothing pending", || async {
+        let info = consumer_info(&js, &names).await;
+        info.num_ack_pending == 0 && info.num_pending == 0
+    })
+    .await;
+    assert_eq!(
+        effect_rows(&store).await,
+        3,
+        "the other messages are handled"
+    );
+    assert_eq!(
+        handler.failures.load(Ordering::SeqCst),
+        2,
+        "two attempts, no redelivery"
+    );
+
+    // The dead letter: a copy on <dlq prefix>.<subject> with the error in its headers.
+    let dead_letters = js
+        .get_stream(&names.dead_letter_stream)
+        .await
+        .expect("the dead-letter stream");
+    let dead_letter_subject = format!(
+        "{}.{}.order.Shipped",
+        names.dead_letter_prefix, names.prefix
+    );
+    let copy = dead_letters
+        .get_last_raw_message_by_subject(&dead_letter_subject)
+        .await
+        .expect("the dead-letter copy");
+    assert_eq!(copy.payload.as_ref(), b"\"poison\"");
+    let headers = copy.headers;
+    let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
+    assert_eq!(
+        get(failure_header::ERROR).as_deref(),
+        Some("the shipping address is missing")
+    );
+    assert_eq!(get(failure_header::ATTEMPTS).as_deref(), Some("2"));
+    assert_eq!(get(failure_header::INBOX), Some(names.consumer.clone()));
+    assert_eq!(get(header::MESSAGE_ID), Some(poison.clone()));
+    let mut info = dead_letters.clone();
+    assert_eq!(
+        info.info().await.expect("stream info").state.messages,
+        1,
+        "one dead letter"
+    );
+
+    shutdown.cancel();
+    task.await
+        .expect("inbox task")
+        .expect("inbox ends without error");
+    delete_streams(&js, &names).await;
+    db.drop_database().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn an_inbox_whose_consumer_does_not_exist_says_so() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("store");
+    let names = Names::new("missing");
+    let js = jetstream().await;
+    common::create_stream(&js, &names.stream_setup()).await;
+    let nats_inbox = NatsInbox::new(
+        common::nats_url(),
+        Inbox::new(store.clone(), &names.consumer),
+        inbox_options(&names),
+    )
+    .expect("inbox options");
+    let ended = tokio::time::timeout(
+        common::DEADLINE,
+        nats_inbox.run(&Effects::default(), CancellationToken::new()),
+    )
+    .await
+    .expect("run returns");
+    let error = ended
+        .expect_err("a missing consumer is an error")
+        .to_string();
+    assert!(
+        error.contains(&names.consumer) && error.contains("ensure_topology"),
+        "{error}"
+    );
+    delete_streams(&js, &names).await;
+    db.drop_database().await.expect("drop the test database");
+}

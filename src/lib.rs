@@ -19,6 +19,19 @@ pub use eventsource_postgres::{
     PostgresStore, Supervisor,
 };
 
+/// Relays to RabbitMQ (publisher confirms, a durable topic exchange) and the RabbitMQ inbox
+/// (feature `rabbitmq`).
+#[cfg(feature = "rabbitmq")]
+pub use eventsource_relay_rabbitmq as rabbitmq;
+
+/// Relays to NATS JetStream (PubAck, `Nats-Msg-Id`) and the JetStream inbox (feature `nats`).
+#[cfg(feature = "nats")]
+pub use eventsource_relay_nats as nats;
+
+/// Relays to Kafka (an idempotent producer, acks=all) and the Kafka inbox (feature `kafka`).
+#[cfg(feature = "kafka")]
+pub use eventsource_relay_kafka as kafka;
+
 /// `#[derive(DomainEvent)]`: implements [`DomainEvent`](trait@DomainEvent) for a domain's event
 /// enum (see the macro's own documentation for the `#[event(...)]` attributes).
 #[cfg(feature = "derive")]

@@ -7,6 +7,7 @@
 //! cargo run --example order -- rebuild           # rebuild the read models and check them against the live ones
 //! cargo run --example order -- rebuild --seed 2000   # ... after appending 2,000 generated orders
 //! cargo run --example order -- watch             # both read models live under a supervisor, while orders come in
+//! cargo run --example order -- watch --relay     # ... and confirmations relayed to RabbitMQ (see the shipping example)
 //! ```
 
 mod customer_stats;
@@ -15,6 +16,7 @@ mod domain;
 mod order_events;
 mod order_summary;
 mod progress;
+mod public_events;
 mod read_models;
 mod rebuild_check;
 mod scenario;
@@ -58,6 +60,10 @@ enum Command {
         /// Orders to place, one a second; the view is printed for two more seconds after them.
         #[arg(long, default_value_t = 3)]
         orders: u64,
+        /// Also relay order confirmations to RabbitMQ (exchange `orders`), for the shipping
+        /// example: to RABBITMQ_URL, else amqp://guest:guest@127.0.0.1:5672/%2f.
+        #[arg(long)]
+        relay: bool,
     },
 }
 
@@ -89,7 +95,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let result = match args.command {
         None => scenario_and_read_models(&db.store).await,
         Some(Command::Rebuild { seed }) => rebuild_check::run(&db.store, seed).await,
-        Some(Command::Watch { orders }) => watch::run(&db.store, orders).await,
+        Some(Command::Watch { orders, relay }) => {
+            let url = relay.then(|| {
+                std::env::var("RABBITMQ_URL")
+                    .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+            });
+            watch::run(&db.store, orders, url.as_deref()).await
+        }
     };
     db.store.close().await;
     if let Some(server) = db.local_server {

@@ -10,7 +10,11 @@ use eventsource::postgres::{ComponentStatus, PostgresStore};
 use eventsource::{CommandContext, Repository};
 use tokio_util::sync::CancellationToken;
 
+use eventsource::postgres::relay::Relay;
+use eventsource::rabbitmq::{PublisherOptions, RabbitMqPublisher};
+
 use crate::domain::Order;
+use crate::public_events::PublicOrderEvents;
 use crate::read_models::ReadModels;
 use crate::seed;
 
@@ -20,8 +24,26 @@ const AFTER_LAST_ORDER: u64 = 2;
 /// Runs the read models under a supervisor, places `orders` generated orders one a second,
 /// prints the status view each second, then cancels the shutdown token and waits for the
 /// runners to stop.
-pub async fn run(store: &PostgresStore, orders: u64) -> Result<(), Box<dyn Error>> {
-    let supervisor = Arc::new(ReadModels::new()?.supervisor(store));
+///
+/// With `relay_to` (a RabbitMQ URL), a relay runs under the same supervisor and publishes each
+/// order's confirmation to the exchange `orders`, where the shipping example consumes it.
+pub async fn run(
+    store: &PostgresStore,
+    orders: u64,
+    relay_to: Option<&str>,
+) -> Result<(), Box<dyn Error>> {
+    let mut supervisor = ReadModels::new()?.supervisor(store);
+    if let Some(url) = relay_to {
+        let publisher = RabbitMqPublisher::new(url, PublisherOptions::new("orders"))?;
+        supervisor = supervisor.with(Relay::new(
+            store.clone(),
+            "orders-to-rabbitmq",
+            publisher,
+            PublicOrderEvents,
+        ));
+        println!("Relaying OrderConfirmed to RabbitMQ at {url} (exchange `orders`)");
+    }
+    let supervisor = Arc::new(supervisor);
     let shutdown = CancellationToken::new();
     let running = tokio::spawn({
         let (supervisor, shutdown) = (supervisor.clone(), shutdown.clone());
@@ -30,14 +52,19 @@ pub async fn run(store: &PostgresStore, orders: u64) -> Result<(), Box<dyn Error
 
     println!("\n== The read models, live under a supervisor");
     let repository = Repository::<Order, _>::new(store.clone());
-    let ctx = CommandContext::new().with_actor("watch");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     for second in 1..=orders + AFTER_LAST_ORDER {
         if second <= orders {
             // Order numbers past the scenario's: the generator varies its orders by number.
+            // Each order is its own business transaction: its own correlation id, which every
+            // event it causes carries, here and in the services its events reach.
+            let ctx = CommandContext::new().with_actor("watch");
             let events = seed::seed_order(&repository, &ctx, second).await?;
-            println!("\n[{second} s] placed an order ({events} events)");
+            println!(
+                "\n[{second} s] placed an order ({events} events, correlation id {})",
+                ctx.correlation_id
+            );
         } else {
             println!("\n[{second} s]");
         }
@@ -55,7 +82,7 @@ pub async fn run(store: &PostgresStore, orders: u64) -> Result<(), Box<dyn Error
 /// One line per component.
 fn print_status(status: &[ComponentStatus]) {
     println!(
-        "   {:<16} {:<12} {:>7} {:>10} {:>7} {:>8}  last error",
+        "   {:<26} {:<12} {:>7} {:>10} {:>7} {:>8}  last error",
         "component", "state", "for", "position", "events", "restarts"
     );
     let now = Utc::now();
@@ -65,7 +92,7 @@ fn print_status(status: &[ComponentStatus]) {
             .map_or_else(|| "-".to_owned(), |p| p.to_string());
         let seconds = (now - component.since).num_milliseconds() as f64 / 1000.0;
         println!(
-            "   {:<16} {:<12} {:>6.1}s {:>10} {:>7} {:>8}  {}",
+            "   {:<26} {:<12} {:>6.1}s {:>10} {:>7} {:>8}  {}",
             component.name,
             component.state,
             seconds,

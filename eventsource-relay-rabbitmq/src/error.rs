@@ -29,7 +29,7 @@ pub enum RabbitMqError {
         operation: String,
         /// The client's error.
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
     },
     /// The broker did not answer in time.
     #[error("RabbitMQ: {operation} got no answer within {seconds} s; the connection is dropped and opened again")]
@@ -54,7 +54,7 @@ pub enum RabbitMqError {
         operation: String,
         /// The client's error, with the broker's reply.
         #[source]
-        source: lapin::Error,
+        source: Box<lapin::Error>,
         /// How to fix it.
         hint: String,
     },
@@ -65,7 +65,7 @@ impl RabbitMqError {
     pub(crate) fn unavailable(operation: impl Into<String>, source: lapin::Error) -> Self {
         Self::Unavailable {
             operation: operation.into(),
-            source,
+            source: Box::new(source),
         }
     }
 
@@ -92,10 +92,13 @@ impl RabbitMqError {
         match hint {
             Some(hint) => Self::Topology {
                 operation,
-                source,
+                source: Box::new(source),
                 hint: hint.to_owned(),
             },
-            None => Self::Unavailable { operation, source },
+            None => Self::Unavailable {
+                operation,
+                source: Box::new(source),
+            },
         }
     }
 

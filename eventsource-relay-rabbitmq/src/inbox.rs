@@ -351,13 +351,11 @@ impl RabbitMqInbox {
         let (dispatched, worked) = tokio::join!(dispatch, work);
 
         // Unacknowledged messages go back to the queue when the channel closes.
-        let _ = tokio::time::timeout(Duration::from_secs(5), channel.close(200, "bye".into())).await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), channel.close(200, "bye".into())).await;
         let _ =
             tokio::time::timeout(Duration::from_secs(5), connection.close(200, "bye".into())).await;
-        let failure = worked
-            .into_iter()
-            .find_map(Result::err)
-            .or(dispatched);
+        let failure = worked.into_iter().find_map(Result::err).or(dispatched);
         match failure {
             Some(error) if !shutdown.is_cancelled() => SessionEnd::Failed(error),
             _ => SessionEnd::Shutdown,
@@ -365,9 +363,7 @@ impl RabbitMqInbox {
     }
 
     /// Connects, declares the topology, and starts consuming.
-    async fn open(
-        &self,
-    ) -> Result<(Connection, Channel, Channel, lapin::Consumer), RabbitMqError> {
+    async fn open(&self) -> Result<(Connection, Channel, Channel, lapin::Consumer), RabbitMqError> {
         let connection = amqp::connect(
             &self.uri,
             &self.options.connection_name,
@@ -559,7 +555,13 @@ fn worker_for(delivery: &Delivery, workers: usize) -> usize {
     let key = headers
         .and_then(|h| h.inner().get(header::STREAM))
         .and_then(amqp::header_text)
-        .or_else(|| delivery.properties.message_id().as_ref().map(|id| id.to_string()))
+        .or_else(|| {
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+        })
         .unwrap_or_default();
     let mut hasher = DefaultHasher::new();
     key.hash(&mut hasher);

@@ -266,7 +266,10 @@ fn properties(message: &OutgoingMessage) -> Result<BasicProperties, PublishError
     }
     let mut properties = BasicProperties::default()
         .with_message_id(message.message_id.to_string().into())
-        .with_type(ShortString::try_new(message.event_type.as_str()).map_err(|_| too_long("event type"))?)
+        .with_type(
+            ShortString::try_new(message.event_type.as_str())
+                .map_err(|_| too_long("event type"))?,
+        )
         .with_content_type("application/json".into())
         .with_delivery_mode(PERSISTENT)
         .with_timestamp(message.recorded_at.timestamp().max(0) as u64)

@@ -145,9 +145,13 @@ async fn a_message_redelivered_after_its_commit_is_acknowledged_without_running_
     let (db, store) = fresh().await;
     let (exchange, queue) = (unique("inbox-redeliver"), unique("inbox-redeliver"));
     let topology = QueueTopology::new(&exchange, &queue).bind("order.*");
-    let consumer = RabbitMqInbox::new(&rabbitmq_url(), Inbox::new(store.clone(), "billing"), topology)
-        .expect("inbox")
-        .with_options(inbox_options());
+    let consumer = RabbitMqInbox::new(
+        &rabbitmq_url(),
+        Inbox::new(store.clone(), "billing"),
+        topology,
+    )
+    .expect("inbox")
+    .with_options(inbox_options());
     consumer.declare().await.expect("declare");
     let message = outgoing("1", 1, json!({ "total": 10 }));
     publish(&exchange, std::slice::from_ref(&message)).await;
@@ -201,7 +205,10 @@ async fn a_message_redelivered_after_its_commit_is_acknowledged_without_running_
         .receive(&handler, &incoming)
         .await
         .expect("the inbox recorded it");
-    assert!(matches!(disposition, Disposition::Handled), "{disposition:?}");
+    assert!(
+        matches!(disposition, Disposition::Handled),
+        "{disposition:?}"
+    );
     connection.close(200, "crash".into()).await.expect("close");
     drop(delivery);
 
@@ -209,13 +216,22 @@ async fn a_message_redelivered_after_its_commit_is_acknowledged_without_running_
     let status = run_until(&consumer, &handler, |s| s.duplicates == 1).await;
     assert_eq!(status.handled, 0);
     assert_eq!(status.dead_lettered, 0);
-    assert_eq!(handler.calls.load(Ordering::SeqCst), 1, "the handler ran once");
+    assert_eq!(
+        handler.calls.load(Ordering::SeqCst),
+        1,
+        "the handler ran once"
+    );
     assert_eq!(effects(&store).await, 1, "one effect");
     // The consumer has closed its channel: an unacknowledged message would be back.
     let (_connection, channel) = raw_channel().await;
     assert_eq!(ready_messages(&channel, &queue).await, 0, "nothing left");
 
-    delete(&channel, &[&queue, &format!("{queue}.dead-letter")], &[&exchange, &format!("{queue}.dead-letter")]).await;
+    delete(
+        &channel,
+        &[&queue, &format!("{queue}.dead-letter")],
+        &[&exchange, &format!("{queue}.dead-letter")],
+    )
+    .await;
     db.drop_database().await.expect("drop");
 }
 
@@ -273,7 +289,10 @@ async fn a_message_the_handler_always_fails_on_lands_in_the_dead_letter_queue_wi
     let dead_letter_queue = format!("{queue}.dead-letter");
     let mut dead = Vec::new();
     while let Some(got) = channel
-        .basic_get(dead_letter_queue.as_str().into(), BasicGetOptions { no_ack: true })
+        .basic_get(
+            dead_letter_queue.as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
         .await
         .expect("basic.get")
     {
@@ -286,27 +305,51 @@ async fn a_message_the_handler_always_fails_on_lands_in_the_dead_letter_queue_wi
         .expect("the failed message");
     let failing = &messages[2];
     assert_eq!(
-        failed.properties.message_id().as_ref().map(|id| id.to_string()),
+        failed
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|id| id.to_string()),
         Some(failing.message_id.to_string())
     );
     assert_eq!(failed.data, failing.payload);
     let error = header_of(failed, failure_header::ERROR).expect("inbox-error");
     assert!(
-        error.contains(&format!("refusing message {} on purpose", failing.message_id)),
+        error.contains(&format!(
+            "refusing message {} on purpose",
+            failing.message_id
+        )),
         "{error}"
     );
-    assert_eq!(header_of(failed, failure_header::ATTEMPTS).as_deref(), Some("2"));
-    assert_eq!(header_of(failed, failure_header::INBOX).as_deref(), Some("billing"));
-    assert_eq!(header_of(failed, header::STREAM).as_deref(), Some("order-1"));
+    assert_eq!(
+        header_of(failed, failure_header::ATTEMPTS).as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        header_of(failed, failure_header::INBOX).as_deref(),
+        Some("billing")
+    );
+    assert_eq!(
+        header_of(failed, header::STREAM).as_deref(),
+        Some("order-1")
+    );
     let anonymous = dead
         .iter()
         .find(|d| d.routing_key.as_str() == "order.Anonymous")
         .expect("the message without an id");
     let error = header_of(anonymous, failure_header::ERROR).expect("inbox-error");
     assert!(error.contains("message_id"), "{error}");
-    assert_eq!(header_of(anonymous, failure_header::ATTEMPTS).as_deref(), Some("0"));
+    assert_eq!(
+        header_of(anonymous, failure_header::ATTEMPTS).as_deref(),
+        Some("0")
+    );
 
-    delete(&channel, &[&queue, &dead_letter_queue], &[&exchange, &dead_letter_queue]).await;
+    delete(
+        &channel,
+        &[&queue, &dead_letter_queue],
+        &[&exchange, &dead_letter_queue],
+    )
+    .await;
     db.drop_database().await.expect("drop");
 }
 
@@ -316,11 +359,7 @@ async fn while_the_database_is_unreachable_the_message_stays_in_the_queue() {
     let (exchange, queue) = (unique("inbox-nodb"), unique("inbox-nodb"));
     let topology = QueueTopology::new(&exchange, &queue).bind("order.*");
     // A store whose pool is closed: every transaction fails to start.
-    let closed = PostgresStore::new(
-        db.pool(1)
-            .await
-            .expect("pool"),
-    );
+    let closed = PostgresStore::new(db.pool(1).await.expect("pool"));
     closed.close().await;
     let consumer = RabbitMqInbox::new(&rabbitmq_url(), Inbox::new(closed, "billing"), topology)
         .expect("inbox")
@@ -330,7 +369,9 @@ async fn while_the_database_is_unreachable_the_message_stays_in_the_queue() {
 
     let handler = Effects::default();
     let status = run_until(&consumer, &handler, |s| {
-        s.outage.as_deref().is_some_and(|o| o.contains("left unacknowledged"))
+        s.outage
+            .as_deref()
+            .is_some_and(|o| o.contains("left unacknowledged"))
     })
     .await;
     assert_eq!(status.handled + status.duplicates + status.dead_lettered, 0);
@@ -344,7 +385,12 @@ async fn while_the_database_is_unreachable_the_message_stays_in_the_queue() {
     assert_eq!(effects(&store).await, 0);
 
     let dead_letter_queue = format!("{queue}.dead-letter");
-    delete(&channel, &[&queue, &dead_letter_queue], &[&exchange, &dead_letter_queue]).await;
+    delete(
+        &channel,
+        &[&queue, &dead_letter_queue],
+        &[&exchange, &dead_letter_queue],
+    )
+    .await;
     db.drop_database().await.expect("drop");
 }
 
@@ -353,9 +399,13 @@ async fn a_relays_messages_are_each_handled_once_and_each_stream_in_order() {
     let (db, store) = fresh().await;
     let (exchange, queue) = (unique("inbox-relay"), unique("inbox-relay"));
     let topology = QueueTopology::new(&exchange, &queue).bind("tick.*");
-    let consumer = RabbitMqInbox::new(&rabbitmq_url(), Inbox::new(store.clone(), "ticks"), topology)
-        .expect("inbox")
-        .with_options(inbox_options());
+    let consumer = RabbitMqInbox::new(
+        &rabbitmq_url(),
+        Inbox::new(store.clone(), "ticks"),
+        topology,
+    )
+    .expect("inbox")
+    .with_options(inbox_options());
     consumer.declare().await.expect("declare");
 
     let relay = Arc::new(
@@ -384,7 +434,10 @@ async fn a_relays_messages_are_each_handled_once_and_each_stream_in_order() {
     assert_eq!(status.duplicates, 0);
     assert_eq!(status.dead_lettered, 0);
     assert_eq!(effects(&store).await, appended as i64);
-    assert_eq!(stored_messages(&store).await.expect("stored").len(), appended);
+    assert_eq!(
+        stored_messages(&store).await.expect("stored").len(),
+        appended
+    );
     // Each stream's messages were handled (committed) in version order.
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT stream, version FROM effects ORDER BY seq")
@@ -400,6 +453,11 @@ async fn a_relays_messages_are_each_handled_once_and_each_stream_in_order() {
 
     let (_connection, channel) = raw_channel().await;
     let dead_letter_queue = format!("{queue}.dead-letter");
-    delete(&channel, &[&queue, &dead_letter_queue], &[&exchange, &dead_letter_queue]).await;
+    delete(
+        &channel,
+        &[&queue, &dead_letter_queue],
+        &[&exchange, &dead_letter_queue],
+    )
+    .await;
     db.drop_database().await.expect("drop");
 }

@@ -117,7 +117,9 @@ async fn unroutable_and_oversized_messages_are_parked_and_the_relay_goes_on() {
     });
     ran.expect("the relay ran");
 
-    let parked = dead_letters::list(&store, "park").await.expect("dead letters");
+    let parked = dead_letters::list(&store, "park")
+        .await
+        .expect("dead letters");
     let parked: Vec<(String, u64, String, String)> = parked
         .into_iter()
         .map(|d| {
@@ -138,7 +140,11 @@ async fn unroutable_and_oversized_messages_are_parked_and_the_relay_goes_on() {
     assert!(parked[0].3.contains("unroutable"), "{}", parked[0].3);
     assert!(parked[0].3.contains("NO_ROUTE"), "{}", parked[0].3);
     assert_eq!((parked[1].0.as_str(), parked[1].1), ("kept-a", 2));
-    assert!(parked[1].3.contains("over the limit of 1000"), "{}", parked[1].3);
+    assert!(
+        parked[1].3.contains("over the limit of 1000"),
+        "{}",
+        parked[1].3
+    );
     assert_eq!((parked[2].0.as_str(), parked[2].1), ("lost-b", 2));
     assert_eq!(relay.status().borrow().parked, 3);
 
@@ -199,7 +205,9 @@ async fn with_on_refusal_stop_an_unroutable_message_stops_the_relay_before_it() 
         }
         other => panic!("expected RelayError::Refused, got {other:?}"),
     }
-    let parked = dead_letters::list(&store, "stop").await.expect("dead letters");
+    let parked = dead_letters::list(&store, "stop")
+        .await
+        .expect("dead letters");
     assert_eq!(parked.len(), 1);
     assert_eq!(parked[0].version.get(), 1);
     assert_eq!(

@@ -164,7 +164,11 @@ pub async fn drain(channel: &Channel, queue: &str) -> Vec<Received> {
         assert!(properties.timestamp().is_some(), "timestamp");
         assert_eq!(
             delivery.routing_key.to_string(),
-            format!("{}.{}", header(header::CATEGORY), header(header::EVENT_TYPE))
+            format!(
+                "{}.{}",
+                header(header::CATEGORY),
+                header(header::EVENT_TYPE)
+            )
         );
         serde_json::from_slice::<serde_json::Value>(&delivery.data).expect("a JSON body");
         received.push(Received {

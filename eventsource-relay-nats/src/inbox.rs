@@ -264,6 +264,7 @@ impl NatsInbox {
             &self.url,
             &self.options.connection_name,
             self.options.connect_timeout,
+            None,
         )
         .await
     }

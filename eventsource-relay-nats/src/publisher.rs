@@ -1,6 +1,7 @@
 //! The relay's side: [`NatsPublisher`] publishes to JetStream and waits for each PubAck.
 
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -10,6 +11,7 @@ use async_nats::jetstream::{self, ErrorCode};
 use async_nats::{HeaderMap, HeaderValue};
 use async_trait::async_trait;
 use eventsource_postgres::relay::{OutgoingMessage, PublishError, Publisher};
+use tokio::sync::watch;
 
 use crate::error::SetupError;
 use crate::topology::{self, StreamSetup};
@@ -79,6 +81,9 @@ pub struct NatsPublisher {
     url: String,
     options: NatsPublisherOptions,
     connection: Option<(async_nats::Client, jetstream::Context)>,
+    /// Counts lost connections, so that acknowledgements that can no longer come are not
+    /// awaited until their timeout.
+    disconnects: Arc<watch::Sender<u64>>,
 }
 
 impl NatsPublisher {
@@ -97,6 +102,7 @@ impl NatsPublisher {
             url: url.into(),
             options,
             connection: None,
+            disconnects: Arc::new(watch::channel(0).0),
         })
     }
 
@@ -130,6 +136,7 @@ impl NatsPublisher {
             &self.url,
             &self.options.connection_name,
             self.options.connect_timeout,
+            Some(self.disconnects.clone()),
         )
         .await?;
         let jetstream = jetstream::ContextBuilder::new()
@@ -171,6 +178,7 @@ impl Publisher for NatsPublisher {
                 .map(|_| Err(PublishError::unavailable(reason.to_owned())))
                 .collect()
         };
+        let mut disconnected = self.disconnects.subscribe();
         let jetstream = match self.connect().await {
             Ok(jetstream) => jetstream,
             Err(error) => return all_unavailable(&error.to_string()),
@@ -205,7 +213,13 @@ impl Publisher for NatsPublisher {
                 }
             }
         });
-        futures::future::join_all(acks).await
+        tokio::select! {
+            results = futures::future::join_all(acks) => results,
+            _ = disconnected.changed() => all_unavailable(&format!(
+                "the connection to NATS at {} was lost while awaiting PubAcks; the client is reconnecting",
+                self.url
+            )),
+        }
     }
 }
 

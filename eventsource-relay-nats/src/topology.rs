@@ -1,8 +1,10 @@
 //! The JetStream streams a relay and an inbox need, declared when absent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
+use tokio::sync::watch;
 
 use crate::error::SetupError;
 use crate::subject;
@@ -145,19 +147,29 @@ pub(crate) fn check_prefix(what: &str, prefix: &str) -> Result<(), SetupError> {
     })
 }
 
-/// Connects to `url`, naming the connection `name` for the server's monitoring.
+/// Connects to `url`, naming the connection `name` for the server's monitoring; when given,
+/// `disconnects` counts the times the connection is lost.
 pub(crate) async fn connect(
     url: &str,
     name: &str,
     timeout: Duration,
+    disconnects: Option<Arc<watch::Sender<u64>>>,
 ) -> Result<async_nats::Client, SetupError> {
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(name)
-        .connection_timeout(timeout)
-        .connect(url)
-        .await
-        .map_err(|e| SetupError::Connect {
-            url: url.to_owned(),
-            source: e.into(),
-        })
+        .connection_timeout(timeout);
+    if let Some(disconnects) = disconnects {
+        options = options.event_callback(move |event| {
+            let disconnects = disconnects.clone();
+            async move {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    disconnects.send_modify(|count| *count += 1);
+                }
+            }
+        });
+    }
+    options.connect(url).await.map_err(|e| SetupError::Connect {
+        url: url.to_owned(),
+        source: e.into(),
+    })
 }

@@ -14,7 +14,8 @@ use eventsource_postgres::relay::{
     checkpoint_name, header, PublishAsIs, Relay, RelayError, RelayOptions, RelayStatus,
 };
 use eventsource_postgres::PostgresStore;
-use eventsource_relay_nats::async_nats::jetstream::{self, consumer::pull};
+use eventsource_relay_nats::async_nats::jetstream;
+use eventsource_relay_nats::async_nats::jetstream::consumer::{pull, DeliverPolicy};
 use eventsource_relay_nats::{ensure_stream, NatsPublisher, NatsPublisherOptions, StreamSetup};
 use futures::StreamExt;
 use tokio::sync::watch;
@@ -107,35 +108,60 @@ pub struct Reader {
 }
 
 impl Reader {
-    /// Starts reading `stream` from its first message, until `stop`.
+    /// Starts reading `stream` from its first message, until `stop`. After a broker outage
+    /// (the ordered consumer is ephemeral: a restarted server forgets it), it reads on from the
+    /// sequence after the last one it saw.
     pub async fn start(stream: &str, stop: CancellationToken) -> Self {
         let reader = Reader::default();
         let js = jetstream().await;
-        let stream = js.get_stream(stream).await.expect("the stream to read");
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig::default())
-            .await
-            .expect("an ordered consumer");
-        let mut messages = consumer
-            .messages()
-            .await
-            .expect("read the ordered consumer");
         let seen = reader.seen.clone();
+        let stream = stream.to_owned();
         tokio::spawn(async move {
+            let mut next_sequence = 1;
             loop {
-                let next = tokio::select! {
-                    () = stop.cancelled() => return,
-                    next = messages.next() => next,
+                let opened = async {
+                    let stream = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
+                    let consumer = stream
+                        .create_consumer(pull::OrderedConfig {
+                            deliver_policy: DeliverPolicy::ByStartSequence {
+                                start_sequence: next_sequence,
+                            },
+                            ..pull::OrderedConfig::default()
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    consumer.messages().await.map_err(|e| e.to_string())
                 };
-                match next {
-                    Some(Ok(message)) => {
-                        let record = seen_message(&message);
-                        seen.lock().unwrap().push(record);
+                let mut messages = tokio::select! {
+                    () = stop.cancelled() => return,
+                    opened = opened => match opened {
+                        Ok(messages) => messages,
+                        Err(error) => {
+                            eprintln!("reader: {error}; retrying");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                loop {
+                    let next = tokio::select! {
+                        () = stop.cancelled() => return,
+                        next = messages.next() => next,
+                    };
+                    match next {
+                        Some(Ok(message)) => {
+                            let record = seen_message(&message);
+                            next_sequence = record.stream_sequence + 1;
+                            seen.lock().unwrap().push(record);
+                        }
+                        Some(Err(error)) => {
+                            eprintln!("reader: {error}; reading on from sequence {next_sequence}");
+                            break;
+                        }
+                        None => break,
                     }
-                    // The ordered consumer recreates itself after an outage.
-                    Some(Err(error)) => eprintln!("reader: {error}"),
-                    None => return,
                 }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
         reader

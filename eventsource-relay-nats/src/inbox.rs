@@ -1,7 +1,7 @@
 //! The consuming side: [`NatsInbox`] reads a durable JetStream pull consumer into an
 //! [`Inbox`], and dead-letters what the handler cannot handle.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
@@ -12,6 +12,7 @@ use eventsource_postgres::inbox::{
     failure_header, Disposition, Inbox, InboxHandler, IncomingMessage,
 };
 use eventsource_postgres::relay::header;
+use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -40,8 +41,12 @@ pub struct NatsInboxOptions {
     /// How many times the server delivers a message at most (default 20). The inbox
     /// dead-letters a message on its last delivery rather than let the server drop it.
     pub max_deliver: i64,
-    /// Messages pulled per request (default 100).
+    /// Messages pulled per request, and held at most (default 100).
     pub batch: usize,
+    /// Event streams handled at once (default 16): messages of one stream (header `stream`,
+    /// else the subject) are handled one at a time in delivery order, those of different
+    /// streams concurrently, each in its own transaction. 1 handles every message in turn.
+    pub concurrency: usize,
     /// How long a message waits before it comes again when the inbox could not record it (the
     /// database is down) or could not dead-letter it (default 1 s); doubled per delivery, up to
     /// `max_requeue_delay`.
@@ -71,6 +76,7 @@ impl NatsInboxOptions {
             ack_wait: Duration::from_secs(30),
             max_deliver: 20,
             batch: 100,
+            concurrency: 16,
             requeue_delay: Duration::from_secs(1),
             max_requeue_delay: Duration::from_secs(30),
             reconnect_backoff: Duration::from_millis(100),
@@ -110,9 +116,13 @@ impl NatsInboxOptions {
             }
         }
         topology::check_prefix("the dead-letter prefix", &self.dead_letter_prefix)?;
-        if self.batch == 0 || self.ack_wait.is_zero() || self.connect_timeout.is_zero() {
+        if self.batch == 0
+            || self.concurrency == 0
+            || self.ack_wait.is_zero()
+            || self.connect_timeout.is_zero()
+        {
             return Err(SetupError::invalid(
-                "NatsInboxOptions: batch, ack_wait and connect_timeout must be more than zero",
+                "NatsInboxOptions: batch, concurrency, ack_wait and connect_timeout must be more than zero",
             ));
         }
         Ok(())
@@ -171,6 +181,9 @@ pub struct NatsInboxStatus {
 ///   nak with a delay (it comes again), and the loop pauses as long before the next message.
 ///   On the last delivery `max_deliver` allows, the message is dead-lettered instead (with the
 ///   database error), so the server never drops it unseen.
+///
+/// Messages of one event stream (the header `stream`, else the subject) are handled one at a
+/// time in delivery order; up to [`concurrency`](NatsInboxOptions::concurrency) streams at once.
 ///
 /// The message id is the `Nats-Msg-Id` header (a relay sets it to the event id), else the
 /// `message-id` header, else `<stream>:<stream sequence>`.
@@ -291,34 +304,18 @@ impl NatsInbox {
             let ended = match opened {
                 Err(Open::Fatal(error)) => return Err(error),
                 Err(Open::Transient(reason)) => reason,
-                Ok((jetstream, mut messages)) => {
+                Ok((jetstream, messages)) => {
                     opened_before = true;
                     delay = self.options.reconnect_backoff;
                     self.status.send_modify(|s| {
                         s.connected = true;
                         s.broker_outage = None;
                     });
-                    loop {
-                        let next = tokio::select! {
-                            biased;
-                            () = shutdown.cancelled() => return Ok(()),
-                            next = messages.next() => next,
-                        };
-                        match next {
-                            Some(Ok(message)) => {
-                                // Cancelling mid-message is safe: the transaction rolls back or
-                                // has committed, and an unacknowledged message comes again.
-                                tokio::select! {
-                                    biased;
-                                    () = shutdown.cancelled() => return Ok(()),
-                                    () = self.process(&jetstream, handler, message, &shutdown) => {}
-                                }
-                            }
-                            Some(Err(error)) => {
-                                break format!("reading the consumer failed: {error}")
-                            }
-                            None => break "the consumer's message stream ended".to_owned(),
-                        }
+                    // Cancelling mid-message is safe: its transaction rolls back or has
+                    // committed, and an unacknowledged message comes again.
+                    match self.session(&jetstream, messages, handler, &shutdown).await {
+                        Some(reason) => reason,
+                        None => return Ok(()),
                     }
                 }
             };
@@ -335,6 +332,70 @@ impl NatsInbox {
                 .saturating_mul(2)
                 .min(self.options.max_reconnect_backoff);
         }
+    }
+
+    /// Handles the messages of one pull session until the stream fails (returns why) or
+    /// `shutdown` (returns `None`).
+    ///
+    /// Messages of one event stream (the header `stream`, else the subject) are handled one at a
+    /// time, in delivery order; up to `concurrency` event streams at once. At most `batch`
+    /// messages are held (handled or waiting for their stream's turn) before pulling more.
+    async fn session<H: InboxHandler>(
+        &self,
+        jetstream: &jetstream::Context,
+        mut messages: pull::Stream,
+        handler: &H,
+        shutdown: &CancellationToken,
+    ) -> Option<String> {
+        let mut in_flight = FuturesUnordered::new();
+        let mut waiting: HashMap<String, VecDeque<jetstream::Message>> = HashMap::new();
+        let mut held = 0usize;
+        loop {
+            let can_pull = held < self.options.batch.max(self.options.concurrency)
+                && in_flight.len() < self.options.concurrency.max(1);
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return None,
+                Some(key) = in_flight.next(), if !in_flight.is_empty() => {
+                    held -= 1;
+                    let next = waiting.get_mut(&key).and_then(VecDeque::pop_front);
+                    match next {
+                        Some(message) => in_flight.push(self.process_in_turn(jetstream, handler, message, key, shutdown)),
+                        None => {
+                            waiting.remove(&key);
+                        }
+                    }
+                }
+                next = messages.next(), if can_pull => match next {
+                    Some(Ok(message)) => {
+                        held += 1;
+                        let key = order_key(&message);
+                        match waiting.get_mut(&key) {
+                            Some(queue) => queue.push_back(message),
+                            None => {
+                                waiting.insert(key.clone(), VecDeque::new());
+                                in_flight.push(self.process_in_turn(jetstream, handler, message, key, shutdown));
+                            }
+                        }
+                    }
+                    Some(Err(error)) => return Some(format!("reading the consumer failed: {error}")),
+                    None => return Some("the consumer's message stream ended".to_owned()),
+                },
+            }
+        }
+    }
+
+    /// [`process`](Self::process), then hands back the message's order key.
+    async fn process_in_turn<H: InboxHandler>(
+        &self,
+        jetstream: &jetstream::Context,
+        handler: &H,
+        message: jetstream::Message,
+        key: String,
+        shutdown: &CancellationToken,
+    ) -> String {
+        self.process(jetstream, handler, message, shutdown).await;
+        key
     }
 
     /// Connects (unless connected) and opens a pull on the durable consumer.
@@ -569,6 +630,16 @@ pub fn incoming_message(message: &jetstream::Message) -> IncomingMessage {
         headers,
         payload: message.payload.to_vec(),
     }
+}
+
+/// What orders a message among others: its event stream (header `stream`), else its subject.
+fn order_key(message: &jetstream::Message) -> String {
+    message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(header::STREAM))
+        .map(|stream| stream.as_str().to_owned())
+        .unwrap_or_else(|| message.subject.to_string())
 }
 
 /// JetStream's deduplication header.

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use common::{delete_streams, eventually, jetstream, Names};
+use common::{delete_streams, eventually, jetstream, relay_options, Names, RunningRelay};
+use eventsource_postgres::delivery_check::{
+    check_delivery, stored_messages, write_concurrently, ReceivedMessage,
+};
 use eventsource_postgres::inbox::{
     failure_header, Disposition, Inbox, InboxHandler, InboxRetry, IncomingMessage,
 };
@@ -320,6 +323,109 @@ async fn an_inbox_whose_consumer_does_not_exist_says_so() {
         error.contains(&names.consumer) && error.contains("ensure_topology"),
         "{error}"
     );
+    delete_streams(&js, &names).await;
+    db.drop_database().await.expect("drop the test database");
+}
+
+/// Records every message's stream and version, in the order handled.
+#[derive(Clone, Default)]
+struct Ledger;
+
+#[async_trait]
+impl InboxHandler for Ledger {
+    type Error = sqlx::Error;
+
+    async fn handle(
+        &self,
+        tx: &mut PgConnection,
+        message: &IncomingMessage,
+    ) -> Result<(), sqlx::Error> {
+        let version: i64 = message
+            .header(header::STREAM_VERSION)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(-1);
+        sqlx::query("INSERT INTO ledger (message_id, stream, version) VALUES ($1, $2, $3)")
+            .bind(&message.message_id)
+            .bind(message.header(header::STREAM))
+            .bind(version)
+            .execute(tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_relayed_event_is_handled_once_in_stream_order_by_concurrent_workers() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("store");
+    sqlx::query(
+        "CREATE TABLE ledger (seq bigserial PRIMARY KEY, message_id text NOT NULL, stream text NOT NULL, version bigint NOT NULL)",
+    )
+    .execute(store.pool())
+    .await
+    .expect("create the ledger");
+    let names = Names::new("ledger");
+    let js = jetstream().await;
+    common::create_stream(&js, &names.stream_setup()).await;
+    let nats_inbox = NatsInbox::new(
+        common::nats_url(),
+        Inbox::new(store.clone(), &names.consumer),
+        NatsInboxOptions {
+            concurrency: 8,
+            ..inbox_options(&names)
+        },
+    )
+    .expect("inbox options");
+    nats_inbox.ensure_topology().await.expect("topology");
+    let shutdown = CancellationToken::new();
+    let mut status = nats_inbox.status();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { nats_inbox.run(&Ledger, shutdown).await }
+    });
+    let relay = RunningRelay::start(&store, "nats", names.publisher(), relay_options());
+
+    let appended = write_concurrently(&store, "order", 8, 4, 25)
+        .await
+        .expect("writers");
+    tokio::time::timeout(
+        common::DEADLINE,
+        status.wait_for(|s| s.handled as usize >= appended),
+    )
+    .await
+    .expect("every event handled within the deadline")
+    .expect("inbox status");
+    relay.stop().await;
+    shutdown.cancel();
+    task.await
+        .expect("inbox task")
+        .expect("inbox ends without error");
+
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT message_id, stream, version FROM ledger ORDER BY seq")
+            .fetch_all(store.pool())
+            .await
+            .expect("read the ledger");
+    let handled: Vec<ReceivedMessage> = rows
+        .into_iter()
+        .map(|(message_id, stream, version)| ReceivedMessage {
+            message_id,
+            stream,
+            version: version as u64,
+        })
+        .collect();
+    let stored = stored_messages(&store).await.expect("stored events");
+    let report = check_delivery(&stored, &handled);
+    assert!(report.is_complete_and_ordered(), "{report:?}");
+    assert_eq!(report.duplicates, 0);
+    assert_eq!(handled.len(), appended);
+    let last = status.borrow().clone();
+    assert_eq!(
+        (last.handled as usize, last.dead_lettered, last.requeued),
+        (appended, 0, 0),
+        "{last:?}"
+    );
+
     delete_streams(&js, &names).await;
     db.drop_database().await.expect("drop the test database");
 }

@@ -240,6 +240,9 @@ fn headers(message: &OutgoingMessage) -> OwnedHeaders {
     })
 }
 
+/// Part of the reason given for a missing topic.
+const MISSING_TOPIC: &str = "does not exist";
+
 /// What a failed delivery means for the relay.
 fn classify(topic: &str, message: &OutgoingMessage, error: &KafkaError) -> PublishError {
     use RDKafkaErrorCode::*;
@@ -256,7 +259,7 @@ fn classify(topic: &str, message: &OutgoingMessage, error: &KafkaError) -> Publi
             ))
         }
         Some(UnknownTopicOrPartition | UnknownTopic) => PublishError::unavailable(format!(
-            "the Kafka topic `{topic}` does not exist: create it, or let the publisher create topics (KafkaPublisherOptions::create_topics); {error}"
+            "the Kafka topic `{topic}` {MISSING_TOPIC}: create it, or let the publisher create topics (KafkaPublisherOptions::create_topics); {error}"
         )),
         _ => PublishError::unavailable(format!(
             "Kafka did not acknowledge the message for topic `{topic}`: {error}"
@@ -311,6 +314,14 @@ impl Publisher for KafkaPublisher {
             }
         });
         let results = join_all(sends).await;
+        // A topic deleted since (or lost by a broker restarted without its data) is created
+        // again before the resend.
+        for (topic, result) in topics.iter().zip(&results) {
+            if matches!(result, Err(PublishError::Unavailable(e)) if e.to_string().contains(MISSING_TOPIC))
+            {
+                self.ready_topics.remove(topic);
+            }
+        }
         if let Some((code, reason)) = producer.client().fatal_error() {
             // An idempotent producer that lost its sequence cannot go on: make a new one.
             tracing::warn!(%code, reason, "the Kafka producer failed fatally; a new one is made on the next publish");

@@ -5,14 +5,16 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use eventsource_core::{EventAppender, EventMetadata, ExpectedVersion, NewEvent, StreamId};
 use eventsource_postgres::delivery_check::{check_delivery, stored_messages, write_concurrently};
 use eventsource_postgres::relay::{
-    checkpoint_name, dead_letters, header, OnRefusal, PublishAsIs, Relay, RelayError,
+    checkpoint_name, dead_letters, header, OnRefusal, OutgoingMessage, PublishAsIs, PublishError,
+    Publisher, Relay, RelayError,
 };
-use eventsource_relay_kafka::{KafkaPublisher, KafkaPublisherOptions, CONTENT_TYPE};
+use eventsource_relay_kafka::{KafkaPublisher, KafkaPublisherOptions, TopicSetup, CONTENT_TYPE};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -48,6 +50,7 @@ async fn every_event_of_concurrent_writers_reaches_its_topic_keyed_by_stream_in_
     assert_eq!(stored.len(), appended);
     let mut reader = RawReader::new(&topic).await;
     reader.read_distinct(stored.len()).await;
+    reader.read_to_end().await;
     let report = check_delivery(&stored, &reader.received());
     assert!(report.is_complete_and_ordered(), "{report:?}");
     assert_eq!(report.duplicates, 0, "one producer, no failure: no resend");
@@ -220,4 +223,76 @@ async fn a_refusal_stops_the_relay_under_on_refusal_stop() {
     assert_eq!(parked.len(), 1);
     assert_eq!(relay.status().borrow().published, 1);
     db.drop_database().await.expect("drop");
+}
+
+fn message(category: &str) -> OutgoingMessage {
+    OutgoingMessage {
+        message_id: uuid::Uuid::now_v7(),
+        event_type: "Happened".into(),
+        event_version: 1,
+        category: category.into(),
+        stream: format!("{category}-1"),
+        stream_version: 1,
+        position: eventsource_core::FeedPosition::new(1, 1),
+        correlation_id: None,
+        causation_id: None,
+        actor: None,
+        recorded_at: chrono::Utc::now(),
+        traceparent: None,
+        payload: b"{}".to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn a_broker_that_does_not_answer_makes_the_publisher_unavailable_not_refusing() {
+    // Nothing listens on port 1: topic creation fails, then delivery times out.
+    for create_topics in [
+        Some(TopicSetup {
+            timeout: Duration::from_secs(1),
+            ..TopicSetup::default()
+        }),
+        None,
+    ] {
+        let options = KafkaPublisherOptions {
+            create_topics,
+            delivery_timeout: Duration::from_secs(1),
+            ..KafkaPublisherOptions::default()
+        };
+        let mut publisher = KafkaPublisher::new("127.0.0.1:1", options).expect("publisher");
+        let started = std::time::Instant::now();
+        let results = publisher
+            .publish(&[message("item"), message("order")])
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no hang: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(results.len(), 2);
+        for result in results {
+            assert!(
+                matches!(result, Err(PublishError::Unavailable(_))),
+                "{result:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_publisher_refuses_bad_settings_at_once() {
+    for url in ["", "localhost", "kafka://", "127.0.0.1:9092,"] {
+        assert!(
+            KafkaPublisher::new(url, KafkaPublisherOptions::default()).is_err(),
+            "{url}"
+        );
+    }
+    let bad_prefix = KafkaPublisherOptions::default().with_topic_prefix("events/");
+    let error = KafkaPublisher::new("127.0.0.1:9092", bad_prefix)
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("`/`"), "{error}");
+    let publisher = KafkaPublisher::new("kafka://127.0.0.1:9092", KafkaPublisherOptions::default())
+        .expect("ok");
+    assert_eq!(publisher.topic("order"), "events.order");
+    assert_eq!(publisher.destination(&message("order")), "events.order");
 }

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use eventsource_core::FeedOptions;
@@ -12,6 +12,7 @@ use eventsource_postgres::relay::{header, RelayOptions, RelayStatus};
 use eventsource_postgres::testing::TestDatabase;
 use eventsource_postgres::PostgresStore;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -80,6 +81,7 @@ pub async fn wait_for_relay(
 /// A record as the raw consumer received it.
 #[derive(Debug, Clone)]
 pub struct Record {
+    pub topic: String,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<String>,
@@ -112,6 +114,9 @@ impl Record {
 /// A raw consumer of every partition of a topic, from its beginning, outside any group.
 pub struct RawReader {
     consumer: StreamConsumer,
+    /// Partitions whose end was reached after their last record read.
+    at_end: HashSet<i32>,
+    partitions: usize,
     pub records: Vec<Record>,
 }
 
@@ -122,11 +127,11 @@ impl RawReader {
             .set("bootstrap.servers", brokers())
             .set("group.id", unique("raw-reader"))
             .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
             .create()
             .expect("a consumer");
-        let partitions = partitions(&consumer, topic).await;
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
+        for partition in 0..partitions(&consumer, topic).await {
             assignment
                 .add_partition_offset(topic, partition, Offset::Beginning)
                 .expect("an assignment");
@@ -134,6 +139,8 @@ impl RawReader {
         consumer.assign(&assignment).expect("assign");
         Self {
             consumer,
+            at_end: HashSet::new(),
+            partitions: assignment.count(),
             records: Vec::new(),
         }
     }
@@ -142,37 +149,7 @@ impl RawReader {
     pub async fn read_until(&mut self, mut done: impl FnMut(&[Record]) -> bool) {
         let deadline = Instant::now() + DEADLINE;
         while !done(&self.records) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let message = match tokio::time::timeout(left, self.consumer.recv()).await {
-                Ok(message) => message.expect("a message"),
-                Err(_) => panic!(
-                    "the topic did not deliver what was expected within {DEADLINE:?}; {} records read",
-                    self.records.len()
-                ),
-            };
-            let headers = message
-                .headers()
-                .map(|all| {
-                    all.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                String::from_utf8(h.value.unwrap_or_default().to_vec())
-                                    .expect("a text header"),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            self.records.push(Record {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message
-                    .key()
-                    .map(|k| String::from_utf8(k.to_vec()).expect("a text key")),
-                headers,
-                payload: message.payload().unwrap_or_default().to_vec(),
-            });
+            self.read_one(deadline).await;
         }
     }
 
@@ -182,11 +159,62 @@ impl RawReader {
             records
                 .iter()
                 .filter_map(|r| r.header(header::MESSAGE_ID))
-                .collect::<std::collections::HashSet<_>>()
+                .collect::<HashSet<_>>()
                 .len()
                 >= count
         })
         .await;
+    }
+
+    /// Reads up to the end of every partition: when nothing is written any more, the reader
+    /// has read everything. (The end is the consumer's end-of-partition event: tansu's
+    /// ListOffsets answer is not the log's end when its last batch holds several records.)
+    pub async fn read_to_end(&mut self) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.at_end.len() < self.partitions {
+            self.read_one(deadline).await;
+        }
+    }
+
+    async fn read_one(&mut self, deadline: Instant) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let message = match tokio::time::timeout(left, self.consumer.recv()).await {
+            Ok(Ok(message)) => message,
+            Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                self.at_end.insert(partition);
+                return;
+            }
+            Ok(Err(error)) => panic!("the raw consumer failed: {error}"),
+            Err(_) => panic!(
+                "the topics did not deliver what was expected within {DEADLINE:?}; {} records read",
+                self.records.len()
+            ),
+        };
+        let headers = message
+            .headers()
+            .map(|all| {
+                all.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8(h.value.unwrap_or_default().to_vec())
+                                .expect("a text header"),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.at_end.remove(&message.partition());
+        self.records.push(Record {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            key: message
+                .key()
+                .map(|k| String::from_utf8(k.to_vec()).expect("a text key")),
+            headers,
+            payload: message.payload().unwrap_or_default().to_vec(),
+        });
     }
 
     pub fn received(&self) -> Vec<ReceivedMessage> {

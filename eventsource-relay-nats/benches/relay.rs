@@ -8,7 +8,10 @@
 //!    wave sent whole before its acknowledgements are awaited. Reported: events/s of each and
 //!    the ratio (goal ≥ 0.8).
 //! 2. Latency: events appended at 1,000/s for 10 s while the relay and a `NatsInbox` run; the
-//!    time from just before the append to the inbox handler, p50/p99 (goal p99 < 50 ms).
+//!    time from just before the append to the inbox handler, p50/p99 (goal p99 < 50 ms), and
+//!    to the message's arrival in JetStream (the relay's share).
+//!
+//! `BENCH_ONLY=latency` runs the second part only.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -38,8 +38,11 @@ pub struct NatsInboxOptions {
     /// How long the server waits for an acknowledgement before it delivers a message again
     /// (default 30 s). While the handler runs, the inbox extends it (progress acks).
     pub ack_wait: Duration,
-    /// How many times the server delivers a message at most (default 20). The inbox
-    /// dead-letters a message on its last delivery rather than let the server drop it.
+    /// How many times the server delivers a message at most (default 20; -1: no limit). A
+    /// message that still fails to be recorded (the database is down) on its last delivery is
+    /// dead-lettered with that error rather than dropped unseen; one whose every delivery
+    /// crashed the process is dropped by the server (which publishes a max-deliveries
+    /// advisory).
     pub max_deliver: i64,
     /// Messages pulled per request, and held at most (default 100).
     pub batch: usize,

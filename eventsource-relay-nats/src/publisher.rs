@@ -146,10 +146,9 @@ impl NatsPublisher {
         Ok(jetstream)
     }
 
-    /// The subject and headers of `message`, or why it can never be published.
-    fn prepare(&self, message: &OutgoingMessage) -> Result<PublishMessage, String> {
-        let subject = self.subject(message);
-        subject::check(&subject)?;
+    /// The headers and body of `message` for `subject`, or why it can never be published.
+    fn prepare(&self, subject: &str, message: &OutgoingMessage) -> Result<PublishMessage, String> {
+        subject::check(subject)?;
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, JSON);
         for (name, value) in message.headers() {
@@ -192,25 +191,23 @@ impl Publisher for NatsPublisher {
             }
         }
         // Send every message of the wave, then await the acknowledgements.
-        let mut sent: Vec<Result<PublishAckFuture, PublishError>> =
+        let mut sent: Vec<(String, Result<PublishAckFuture, PublishError>)> =
             Vec::with_capacity(messages.len());
         for message in messages {
-            let result = match self.prepare(message) {
+            let subject = self.subject(message);
+            let result = match self.prepare(&subject, message) {
                 Ok(publish) => jetstream
-                    .send_publish(self.subject(message), publish)
+                    .send_publish(subject.clone(), publish)
                     .await
-                    .map_err(|e| classify(&self.subject(message), e)),
+                    .map_err(|e| classify(&subject, e)),
                 Err(reason) => Err(PublishError::Refused(reason)),
             };
-            sent.push(result);
+            sent.push((subject, result));
         }
-        let acks = sent.into_iter().zip(messages).map(|(sent, message)| {
-            let subject = self.subject(message);
-            async move {
-                match sent {
-                    Ok(ack) => ack.await.map(|_| ()).map_err(|e| classify(&subject, e)),
-                    Err(error) => Err(error),
-                }
+        let acks = sent.into_iter().map(|(subject, sent)| async move {
+            match sent {
+                Ok(ack) => ack.await.map(|_| ()).map_err(|e| classify(&subject, e)),
+                Err(error) => Err(error),
             }
         });
         tokio::select! {

@@ -429,3 +429,202 @@ async fn every_relayed_event_is_handled_once_in_stream_order_by_concurrent_worke
     delete_streams(&js, &names).await;
     db.drop_database().await.expect("drop the test database");
 }
+
+/// A TCP proxy to PostgreSQL that the test takes down (closing every connection through it
+/// and refusing new ones) and up again: the inbox's database, unreachable on demand.
+struct DatabaseProxy {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl DatabaseProxy {
+    async fn start(target: (String, u16)) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("the proxy's address").port();
+        let (up, _) = tokio::sync::watch::channel(true);
+        let watch = up.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*watch.borrow() {
+                    continue; // dropped: the connection is refused
+                }
+                let mut down = watch.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { port, up }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+
+    /// A store on `db` through the proxy, whose connections fail fast while it is down.
+    fn store(&self, db: &TestDatabase) -> PostgresStore {
+        let options = db.connect_options().host("127.0.0.1").port(self.port);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_millis(500))
+            .connect_lazy_with(options);
+        PostgresStore::new(pool)
+    }
+}
+
+/// The PostgreSQL server's host and port, from DATABASE_URL.
+fn database_address(db: &TestDatabase) -> (String, u16) {
+    let options = db.connect_options();
+    let host = options.get_host();
+    let host = if host.starts_with('/') {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    (host.to_owned(), options.get_port())
+}
+
+#[tokio::test]
+async fn a_message_the_database_cannot_take_is_requeued_and_handled_once_it_is_back() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("store");
+    effects_table(&store).await;
+    let proxy = DatabaseProxy::start(database_address(&db)).await;
+    let names = Names::new("dbdown");
+    let js = jetstream().await;
+    common::create_stream(&js, &names.stream_setup()).await;
+    let nats_inbox = NatsInbox::new(
+        common::nats_url(),
+        Inbox::new(proxy.store(&db), &names.consumer),
+        NatsInboxOptions {
+            requeue_delay: Duration::from_millis(50),
+            max_requeue_delay: Duration::from_millis(200),
+            ..inbox_options(&names)
+        },
+    )
+    .expect("inbox options");
+    nats_inbox.ensure_topology().await.expect("topology");
+    proxy.set_up(false);
+    publish(&js, &names, "\"first\"").await;
+
+    let handler = Effects::default();
+    let shutdown = CancellationToken::new();
+    let mut status = nats_inbox.status();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        let handler = handler.clone();
+        async move { nats_inbox.run(&handler, shutdown).await }
+    });
+    tokio::time::timeout(common::DEADLINE, status.wait_for(|s| s.requeued >= 2))
+        .await
+        .expect("requeued while the database is down")
+        .expect("inbox status");
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
+    proxy.set_up(true);
+    tokio::time::timeout(common::DEADLINE, status.wait_for(|s| s.handled == 1))
+        .await
+        .expect("handled once the database is back")
+        .expect("inbox status");
+    eventually("the consumer to have nothing pending", || async {
+        let info = consumer_info(&js, &names).await;
+        info.num_ack_pending == 0 && info.num_pending == 0
+    })
+    .await;
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(effect_rows(&store).await, 1);
+    assert_eq!(status.borrow().dead_lettered, 0);
+
+    shutdown.cancel();
+    task.await
+        .expect("inbox task")
+        .expect("inbox ends without error");
+    delete_streams(&js, &names).await;
+    db.drop_database().await.expect("drop the test database");
+}
+
+#[tokio::test]
+async fn on_its_last_delivery_a_message_the_database_cannot_take_is_dead_lettered() {
+    let db = TestDatabase::create().await.expect("test database");
+    let store = db.store().await.expect("store");
+    let proxy = DatabaseProxy::start(database_address(&db)).await;
+    let names = Names::new("lastdelivery");
+    let js = jetstream().await;
+    common::create_stream(&js, &names.stream_setup()).await;
+    let nats_inbox = NatsInbox::new(
+        common::nats_url(),
+        Inbox::new(proxy.store(&db), &names.consumer),
+        NatsInboxOptions {
+            max_deliver: 3,
+            requeue_delay: Duration::from_millis(50),
+            max_requeue_delay: Duration::from_millis(200),
+            ..inbox_options(&names)
+        },
+    )
+    .expect("inbox options");
+    nats_inbox.ensure_topology().await.expect("topology");
+    proxy.set_up(false);
+    let id = publish(&js, &names, "\"first\"").await;
+
+    let shutdown = CancellationToken::new();
+    let mut status = nats_inbox.status();
+    let task = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { nats_inbox.run(&Effects::default(), shutdown).await }
+    });
+    tokio::time::timeout(common::DEADLINE, status.wait_for(|s| s.dead_lettered == 1))
+        .await
+        .expect("dead-lettered on its last delivery")
+        .expect("inbox status");
+    assert_eq!(
+        status.borrow().requeued,
+        2,
+        "requeued on the deliveries before the last"
+    );
+    eventually("the consumer to have nothing pending", || async {
+        let info = consumer_info(&js, &names).await;
+        info.num_ack_pending == 0 && info.num_pending == 0
+    })
+    .await;
+    let copy = js
+        .get_stream(&names.dead_letter_stream)
+        .await
+        .expect("the dead-letter stream")
+        .get_last_raw_message_by_subject(&format!(
+            "{}.{}.order.Shipped",
+            names.dead_letter_prefix, names.prefix
+        ))
+        .await
+        .expect("the dead-letter copy");
+    let error = copy
+        .headers
+        .get(failure_header::ERROR)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    assert!(error.contains(&id) && error.contains("connect"), "{error}");
+    assert_eq!(
+        copy.headers
+            .get(failure_header::ATTEMPTS)
+            .map(|v| v.as_str()),
+        Some("0")
+    );
+    drop(store);
+
+    shutdown.cancel();
+    task.await
+        .expect("inbox task")
+        .expect("inbox ends without error");
+    delete_streams(&js, &names).await;
+    db.drop_database().await.expect("drop the test database");
+}

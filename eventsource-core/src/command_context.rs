@@ -30,6 +30,10 @@ pub struct CommandContext {
     pub actor: Option<String>,
     /// Free headers copied onto every produced event.
     pub headers: BTreeMap<String, String>,
+    /// SHIM (process-managers branch, until idempotent commands land on main): whether
+    /// `command_id` was given by the caller, making the command idempotent under it.
+    #[doc(hidden)]
+    pub idempotent: bool,
 }
 
 impl CommandContext {
@@ -41,7 +45,15 @@ impl CommandContext {
             correlation_id: command_id,
             actor: None,
             headers: BTreeMap::new(),
+            idempotent: false,
         }
+    }
+
+    /// SHIM until idempotent commands land on main: makes the command idempotent under `id`.
+    pub fn with_command_id(mut self, id: Uuid) -> Self {
+        self.command_id = id;
+        self.idempotent = true;
+        self
     }
 
     /// A new command caused by a recorded event (a process manager reacting to it): it keeps the
@@ -61,6 +73,7 @@ impl CommandContext {
     pub fn next_command(&self) -> Self {
         Self {
             command_id: Uuid::now_v7(),
+            idempotent: false,
             ..self.clone()
         }
     }

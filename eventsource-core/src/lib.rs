@@ -26,12 +26,14 @@ pub mod feed;
 pub mod feed_follower;
 #[doc(hidden)]
 pub mod idempotency;
+mod idempotent_command_shim;
 #[doc(hidden)]
 pub mod json_nesting;
 pub mod limits;
 pub mod memory_store;
 pub mod metadata;
 pub mod position;
+pub mod process_manager;
 pub mod projection;
 pub mod repository;
 pub mod retry_policy;
@@ -41,6 +43,7 @@ pub mod store;
 pub mod stream_id;
 pub mod subscription;
 pub mod testing;
+pub mod testkit;
 pub mod version;
 
 pub use aggregate::Aggregate;

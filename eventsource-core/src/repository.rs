@@ -214,6 +214,23 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
         let mut loaded = self.load(stream).await?;
         loop {
             attempts += 1;
+            if ctx.idempotent {
+                // SHIM until idempotent commands land on main.
+                if let Some((events, appended)) =
+                    crate::idempotent_command_shim::previous_run::<A, S>(&self.store, stream, ctx)
+                        .await?
+                {
+                    return Ok(Executed {
+                        stream_id: stream.clone(),
+                        events,
+                        state: loaded.state,
+                        version: appended.last().map_or(loaded.version, |a| a.version),
+                        appended,
+                        attempts,
+                        conflicts,
+                    });
+                }
+            }
             let events = loaded
                 .state
                 .handle(&command, &self.services)
@@ -237,6 +254,7 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
                     ExpectedVersion::Exact(loaded.version),
                     &events,
                     &metadata,
+                    ctx,
                 )
                 .await
             {
@@ -293,11 +311,15 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
         expected: ExpectedVersion,
         events: &[A::Event],
         metadata: &EventMetadata,
+        ctx: &CommandContext,
     ) -> Result<(AppendResult, Vec<Uuid>), CommandError<A::Error>> {
         let mut batch = events
             .iter()
             .map(|e| NewEvent::from_domain(e, metadata.clone()))
             .collect::<Result<Vec<_>, _>>()?;
+        if ctx.idempotent {
+            crate::idempotent_command_shim::deterministic_ids(&mut batch, ctx.command_id);
+        }
         let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
         let mut attempts = 0;
         loop {

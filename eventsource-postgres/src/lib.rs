@@ -5,6 +5,8 @@
 //!   ([`FeedHorizon`] chooses which open transactions hold it back);
 //! - [`PostgresStore::migrate`]: creates the `eventsource` schema from `migrations/`;
 //! - [`projection`]: projection runners, rebuilds, dead letters and lag;
+//! - [`process_manager`]: process managers (sagas) run over the feed, with their instances'
+//!   state, deadlines and exactly-once commands;
 //! - [`relay`]: the feed published to a broker through a broker crate's publisher, and
 //!   [`inbox`]: messages from a broker handled exactly once in effect;
 //! - [`Supervisor`]: runs several projection runners (any [`Component`]) under one shutdown,
@@ -32,6 +34,7 @@ mod listener;
 #[cfg(feature = "testing")]
 pub mod local_server;
 mod notifier;
+pub mod process_manager;
 pub mod projection;
 mod read_feed;
 mod read_stream;

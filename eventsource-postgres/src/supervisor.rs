@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use eventsource_core::process_manager::ProcessManager;
 use eventsource_core::{BoxError, FeedPosition};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::process_manager::ProcessManagerRunner;
 use crate::projection::{Projection, ProjectionRunner, RunnerState};
 use crate::relay::{Mapping, Publisher, Relay};
 
@@ -620,6 +622,31 @@ impl<P: Publisher, M: Mapping> Component for Relay<P, M> {
             state: status.state.into(),
             position: Some(status.position),
             events_handled: status.published,
+            dead_lettered: status.parked,
+            activations: status.activations,
+        }
+    }
+}
+
+/// A process manager runner as a supervised component, named `process manager <name>`.
+#[async_trait]
+impl<P: ProcessManager> Component for ProcessManagerRunner<P> {
+    fn name(&self) -> String {
+        format!("process manager {}", self.manager().name())
+    }
+
+    async fn run(&self, shutdown: CancellationToken) -> Result<(), BoxError> {
+        ProcessManagerRunner::run(self, shutdown)
+            .await
+            .map_err(BoxError::from)
+    }
+
+    fn progress(&self) -> ComponentProgress {
+        let status = self.status().borrow().clone();
+        ComponentProgress {
+            state: status.state.into(),
+            position: Some(status.position),
+            events_handled: status.events_handled,
             dead_lettered: status.parked,
             activations: status.activations,
         }

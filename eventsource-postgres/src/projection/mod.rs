@@ -10,7 +10,7 @@
 //! - [`active_runner`]: which runner instance, in any process, holds a projection, and since
 //!   when.
 
-mod checkpoint;
+pub(crate) mod checkpoint;
 pub mod dead_letters;
 mod error;
 pub mod lag;

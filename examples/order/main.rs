@@ -8,17 +8,22 @@
 //! cargo run --example order -- rebuild --seed 2000   # ... after appending 2,000 generated orders
 //! cargo run --example order -- watch             # both read models live under a supervisor, while orders come in
 //! cargo run --example order -- watch --relay     # ... and confirmations relayed to RabbitMQ (see the shipping example)
+//! cargo run --example order -- saga              # the fulfilment saga: paid, declined (compensated), unpaid (deadline)
 //! ```
 
 mod customer_stats;
 mod database;
 mod domain;
+mod fulfilment;
+mod inventory;
 mod order_events;
 mod order_summary;
+mod payment;
 mod progress;
 mod public_events;
 mod read_models;
 mod rebuild_check;
+mod saga;
 mod scenario;
 mod seed;
 mod watch;
@@ -65,6 +70,10 @@ enum Command {
         #[arg(long)]
         relay: bool,
     },
+    /// Run the fulfilment saga (a process manager over Order, StockReservation and Payment) on
+    /// three orders: paid, payment declined (compensated), not paid in time (cancelled by its
+    /// deadline); print the commands each instance issued and the correlation id linking them.
+    Saga,
 }
 
 /// The customers of the scenario.
@@ -102,6 +111,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             });
             watch::run(&db.store, orders, url.as_deref()).await
         }
+        Some(Command::Saga) => saga::run(&db.store).await,
     };
     db.store.close().await;
     if let Some(server) = db.local_server {

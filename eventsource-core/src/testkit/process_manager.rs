@@ -297,7 +297,11 @@ impl<P: ProcessManager> ProcessManagerHarness<P> {
         if expected == self.issued {
             return Ok(());
         }
-        Err(self.mismatch("commands", &debug_lines(&expected), &debug_lines(&self.issued)))
+        Err(self.mismatch(
+            "commands",
+            &debug_lines(&expected),
+            &debug_lines(&self.issued),
+        ))
     }
 
     /// Asserts the commands the last step issued, in order.

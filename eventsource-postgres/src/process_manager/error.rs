@@ -22,7 +22,7 @@ pub enum ProcessManagerError {
         trigger: String,
         /// Why.
         #[source]
-        source: TriggerError,
+        source: Box<TriggerError>,
     },
     /// An event of the feed could not be decoded into the manager's event type, and the
     /// failure policy is `OnFailure::Stop`.
@@ -70,7 +70,7 @@ pub enum ProcessManagerError {
     Store(#[from] StoreError),
     /// The checkpoint or dead-letter machinery shared with projections failed.
     #[error(transparent)]
-    Checkpoint(#[from] ProjectionError),
+    Checkpoint(Box<ProjectionError>),
     /// A statement of the runner failed (connection lost, ...).
     #[error("process manager `{manager}`: {operation} failed: {source}")]
     Database {
@@ -82,6 +82,12 @@ pub enum ProcessManagerError {
         #[source]
         source: sqlx::Error,
     },
+}
+
+impl From<ProjectionError> for ProcessManagerError {
+    fn from(error: ProjectionError) -> Self {
+        Self::Checkpoint(Box::new(error))
+    }
 }
 
 impl ProcessManagerError {
@@ -107,7 +113,7 @@ impl ProcessManagerError {
             Self::CheckpointMoved { .. } | Self::Database { .. } => false,
             Self::Store(error) => !error.is_transient(),
             Self::Checkpoint(error) => !matches!(
-                error,
+                **error,
                 ProjectionError::Database { .. } | ProjectionError::CheckpointMoved { .. }
             ),
         }

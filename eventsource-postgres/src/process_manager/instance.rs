@@ -73,11 +73,12 @@ pub(crate) async fn save<S: Serialize>(
     instance: &str,
     loaded: &Loaded<S>,
 ) -> Result<(), ProcessManagerError> {
-    let state = serde_json::to_value(&loaded.state).map_err(|source| ProcessManagerError::State {
-        manager: manager.to_owned(),
-        instance: instance.to_owned(),
-        source,
-    })?;
+    let state =
+        serde_json::to_value(&loaded.state).map_err(|source| ProcessManagerError::State {
+            manager: manager.to_owned(),
+            instance: instance.to_owned(),
+            source,
+        })?;
     sqlx::query(SAVE)
         .bind(manager)
         .bind(instance)

@@ -10,7 +10,9 @@ use eventsource_core::process_manager::{
     deadline_id, handle_trigger, Handled, ProcessManager, Trigger, TriggerLimits,
 };
 use eventsource_core::store::filter_for;
-use eventsource_core::{CommandContext, FeedFollower, FeedItem, FeedOptions, FeedPosition, RecordedEvent};
+use eventsource_core::{
+    CommandContext, FeedFollower, FeedItem, FeedOptions, FeedPosition, RecordedEvent,
+};
 use sqlx::{Connection, PgConnection};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -243,13 +245,8 @@ impl<P: ProcessManager> ProcessManagerRunner<P> {
             Ok(items) => items,
             Err((index, error)) => {
                 // Handle those before it, then the one that does not decode, then the rest.
-                position = Box::pin(self.handle_batch(
-                    conn,
-                    position,
-                    &events[..index],
-                    position,
-                ))
-                .await?;
+                position =
+                    Box::pin(self.handle_batch(conn, position, &events[..index], position)).await?;
                 let event = &events[index];
                 self.on_failure(conn, position, event, None, || {
                     ProcessManagerError::Undecodable {
@@ -323,7 +320,7 @@ impl<P: ProcessManager> ProcessManagerRunner<P> {
                     manager: name.to_owned(),
                     instance: instance.to_owned(),
                     trigger,
-                    source,
+                    source: Box::new(source),
                 };
                 let attempts = self.options.failure.max_attempts;
                 return self
@@ -332,18 +329,29 @@ impl<P: ProcessManager> ProcessManagerRunner<P> {
             }
         };
         let db = |op| move |e| ProcessManagerError::database(name, op, e);
-        let mut tx = conn.begin().await.map_err(db("begin an instance's transaction"))?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(db("begin an instance's transaction"))?;
         let stored = async {
             self.check_checkpoint(&mut tx, from).await?;
             self.store_outcome(&mut tx, instance, &mut loaded, &handled, event.event_id)
                 .await?;
-            checkpoint::write(&mut tx, &checkpoint_name(name), &checkpoint_name(name), event.position)
-                .await?;
+            checkpoint::write(
+                &mut tx,
+                &checkpoint_name(name),
+                &checkpoint_name(name),
+                event.position,
+            )
+            .await?;
             Ok::<_, ProcessManagerError>(())
         }
         .await;
         match stored {
-            Ok(()) => tx.commit().await.map_err(db("commit an instance's transaction"))?,
+            Ok(()) => tx
+                .commit()
+                .await
+                .map_err(db("commit an instance's transaction"))?,
             Err(error) => {
                 let _ = tx.rollback().await;
                 return Err(error);
@@ -409,15 +417,27 @@ impl<P: ProcessManager> ProcessManagerRunner<P> {
     ) -> Result<(), ProcessManagerError> {
         let name = self.name();
         let db = |op| move |e| ProcessManagerError::database(name, op, e);
-        let mut tx = conn.begin().await.map_err(db("begin moving the checkpoint"))?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(db("begin moving the checkpoint"))?;
         let moved = async {
             self.check_checkpoint(&mut tx, from).await?;
-            checkpoint::write(&mut tx, &checkpoint_name(name), &checkpoint_name(name), next).await?;
+            checkpoint::write(
+                &mut tx,
+                &checkpoint_name(name),
+                &checkpoint_name(name),
+                next,
+            )
+            .await?;
             Ok::<_, ProcessManagerError>(())
         }
         .await;
         match moved {
-            Ok(()) => tx.commit().await.map_err(db("commit moving the checkpoint")),
+            Ok(()) => tx
+                .commit()
+                .await
+                .map_err(db("commit moving the checkpoint")),
             Err(error) => {
                 let _ = tx.rollback().await;
                 Err(error)
@@ -443,8 +463,7 @@ impl<P: ProcessManager> ProcessManagerRunner<P> {
                 tracing::error!(manager = self.name(), stream = %event.stream_id, version = %event.version, %error, "parking the event as a dead letter");
                 let text = error_chain(&error);
                 let name = checkpoint_name(self.name());
-                dead_letters::park(conn, &name, from, event, &text, attempts.unwrap_or(1))
-                    .await?;
+                dead_letters::park(conn, &name, from, event, &text, attempts.unwrap_or(1)).await?;
                 self.status.send_modify(|s| s.parked += 1);
                 Ok(())
             }
@@ -481,7 +500,10 @@ impl<P: ProcessManager> ProcessManagerRunner<P> {
         let loaded = instance::load::<P::State>(conn, name, &due.instance).await?;
         let Some(mut loaded) = loaded.filter(|l| !l.completed) else {
             // No instance, or a complete one: nothing to decide; the row goes.
-            let mut tx = conn.begin().await.map_err(db("begin removing a deadline"))?;
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(db("begin removing a deadline"))?;
             deadlines::take(&mut tx, name, due).await?;
             return tx.commit().await.map_err(db("commit removing a deadline"));
         };
@@ -503,7 +525,7 @@ impl<P: ProcessManager> ProcessManagerRunner<P> {
                     manager: name.to_owned(),
                     instance: due.instance.clone(),
                     trigger: format!("deadline `{}` ({})", due.name, due.id),
-                    source,
+                    source: Box::new(source),
                 };
                 return match self.options.failure.on_failure {
                     OnFailure::Stop => Err(error),

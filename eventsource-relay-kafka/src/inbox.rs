@@ -255,7 +255,7 @@ impl KafkaInbox {
             config.create().map_err(|source| KafkaRelayError::Client {
                 client: "consumer",
                 brokers: self.servers.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let topics: Vec<&str> = self.options.topics.iter().map(String::as_str).collect();
         consumer
@@ -263,7 +263,7 @@ impl KafkaInbox {
             .map_err(|source| KafkaRelayError::Subscribe {
                 group: self.group.clone(),
                 topics: self.options.topics.clone(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(consumer)
     }
@@ -280,7 +280,7 @@ impl KafkaInbox {
         config.create().map_err(|source| KafkaRelayError::Client {
             client: "dead-letter producer",
             brokers: self.servers.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 

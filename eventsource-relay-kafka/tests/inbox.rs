@@ -132,7 +132,8 @@ async fn wait_for_inbox(
 }
 
 /// What the group still has to read in `topic`: high watermark minus committed offset, summed
-/// over the partitions.
+/// over the partitions. (tansu's high watermark is exact only when the last batch holds one
+/// record: `produce` sends one record at a time.)
 async fn left_for_group(topic: &str, group: &str) -> i64 {
     let (topic, group) = (topic.to_owned(), group.to_owned());
     tokio::task::spawn_blocking(move || {

@@ -199,6 +199,39 @@ impl Display for Listing {
     }
 }
 
+/// Asserts that two lists are equal, like `assert_eq!`, and on failure panics at the caller's
+/// line with a [`ListDiff`]: each value on its own lines, the differing lines marked, the first
+/// differing value numbered. For rows of a read model, a process manager's commands, any list.
+///
+/// ```
+/// use eventsource_core::testkit::assert_list_eq;
+/// assert_list_eq(&[("ada", 2)], &[("ada", 2)]);
+/// let failed = std::panic::catch_unwind(|| assert_list_eq(&[1, 2], &[1, 3])).unwrap_err();
+/// let message = failed.downcast_ref::<String>().unwrap();
+/// assert!(message.starts_with("the lists differ: expected 2 values, got 2; first difference at value 2\n"));
+/// ```
+#[track_caller]
+pub fn assert_list_eq<T: Debug + PartialEq>(expected: &[T], actual: &[T]) {
+    let diff = ListDiff::new(expected, actual);
+    if let Some(first) = diff.first_difference() {
+        panic!(
+            "the lists differ: expected {}, got {}; first difference at value {first}\n(- expected, + actual)\n{}",
+            values(expected.len()),
+            actual.len(),
+            diff.to_string().trim_end()
+        );
+    }
+}
+
+/// `1 value`, `2 values`.
+fn values(n: usize) -> String {
+    if n == 1 {
+        "1 value".to_owned()
+    } else {
+        format!("{n} values")
+    }
+}
+
 /// Pretty `Debug` of a value.
 pub(crate) fn pretty<T: Debug + ?Sized>(value: &T) -> String {
     format!("{value:#?}")

@@ -18,8 +18,9 @@
 //!   or [`AggregateTest::when_blocking`] in a synchronous test);
 //! - [`Then`]: `then_expect(events)`, `then_refuses(|error| ...)`, `then_refuses_with(error)`,
 //!   and the events, error, stored records and state, to check anything else;
-//! - [`ListDiff`] and [`Listing`]: the failure messages' diff of two lists of values, for any
-//!   assertion over lists (a process manager's commands, a read model's rows).
+//! - [`ListDiff`], [`Listing`] and [`assert_list_eq`]: the failure messages' diff of two lists
+//!   of values, for any assertion over lists (a process manager's commands, a read model's
+//!   rows).
 //!
 //! Read models are tested on a real database: `eventsource_postgres::testing::ProjectionTest`
 //! (`eventsource::postgres::testing::ProjectionTest`).
@@ -50,5 +51,5 @@ mod diff;
 mod then;
 
 pub use aggregate_test::{AggregateTest, DEFAULT_INSTANCE};
-pub use diff::{ListDiff, Listing};
+pub use diff::{assert_list_eq, ListDiff, Listing};
 pub use then::Then;

@@ -10,6 +10,7 @@
 //! - the store contract: [`EventAppender`], [`StreamReader`], [`FeedReader`] = [`EventStore`];
 //! - [`InMemoryStore`], which keeps the same contract as the PostgreSQL store;
 //! - [`testing`]: the store contract suite and a small aggregate for tests;
+//! - `testkit` (feature `testing`): given / when / then for aggregates, with readable diffs;
 //! - [`store`]: the building blocks of a store implementation, kept out of the crate root so
 //!   that application code meets only what it uses.
 #![deny(missing_docs)]
@@ -43,6 +44,7 @@ pub mod store;
 pub mod stream_id;
 pub mod subscription;
 pub mod testing;
+#[cfg(feature = "testing")]
 pub mod testkit;
 pub mod version;
 

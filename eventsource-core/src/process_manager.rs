@@ -7,7 +7,7 @@
 //! commands ([`ProcessManager::execute`], through the service's repositories). A runner (the
 //! PostgreSQL one is `eventsource_postgres::process_manager::ProcessManagerRunner`) follows the
 //! feed, keeps each instance's state and deadlines, and drives every trigger through
-//! [`handle_trigger`]; the [test kit](crate::testkit::ProcessManagerHarness) drives `decide`
+//! [`handle_trigger`]; the test kit (`testkit::ProcessManagerHarness`, feature `testing`) drives `decide`
 //! alone, without a store.
 //!
 //! Exactly-once effects rest on three rules:

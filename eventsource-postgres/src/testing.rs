@@ -6,6 +6,9 @@
 //! [`FeedHorizon::Writers`](crate::FeedHorizon::Writers); a store set to
 //! [`FeedHorizon::Cluster`](crate::FeedHorizon::Cluster) shares the server's horizon: a test
 //! that holds a write transaction open delays, but never breaks, its feed).
+//!
+//! [`ProjectionTest`] tests a projection on such a database: given events, the real runner,
+//! then queries of the read model.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,6 +21,10 @@ use sqlx::{ConnectOptions, PgPool};
 use crate::error::backend;
 use crate::redact::target;
 use crate::store::{check_reachable, parse_url, PostgresStore, DEFAULT_DATABASE_URL};
+
+mod projection_test;
+
+pub use projection_test::{ProjectionTest, ProjectionTestError};
 
 /// Test databases are named `<PREFIX><unix seconds>_<pid>_<n>`.
 const PREFIX: &str = "eventsource_test_";

@@ -22,7 +22,7 @@ pub enum KafkaRelayError {
         brokers: String,
         /// The client's error.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// Creating a topic failed.
     #[error("could not create the Kafka topic `{topic}` on {brokers}: {reason}; create it yourself (or fix the broker's policy), or check that the broker answers")]
@@ -43,6 +43,6 @@ pub enum KafkaRelayError {
         topics: Vec<String>,
         /// The client's error.
         #[source]
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
 }

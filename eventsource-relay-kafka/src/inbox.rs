@@ -1,7 +1,8 @@
 //! The inbox's consuming loop over a Kafka consumer group.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use eventsource_core::BoxError;
@@ -9,13 +10,14 @@ use eventsource_postgres::inbox::{
     failure_header, Disposition, Inbox, InboxHandler, IncomingMessage,
 };
 use eventsource_postgres::relay::header;
+use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::KafkaRelayError;
@@ -45,6 +47,11 @@ pub struct KafkaInboxOptions {
     pub retry_backoff: Duration,
     /// The longest wait between two attempts (default 5 s).
     pub max_retry_backoff: Duration,
+    /// How often the offsets of handled messages are committed (default 100 ms); zero commits
+    /// after every message. Committing is asynchronous and off the handling path; the last
+    /// offsets are committed synchronously at shutdown. After a crash, what was handled since
+    /// the last commit comes again and is recognised as a duplicate (its handler does not run).
+    pub commit_interval: Duration,
     /// How long a dead-letter message may take to be acknowledged before it is sent again
     /// (default 30 s).
     pub dead_letter_timeout: Duration,
@@ -67,6 +74,7 @@ impl KafkaInboxOptions {
             start_from_earliest: true,
             retry_backoff: Duration::from_millis(100),
             max_retry_backoff: Duration::from_secs(5),
+            commit_interval: Duration::from_millis(100),
             dead_letter_timeout: Duration::from_secs(30),
             topic_setup: TopicSetup::default(),
             client_settings: Vec::new(),
@@ -104,7 +112,9 @@ pub struct KafkaInboxStatus {
 /// The loop, per message, in partition order:
 /// 1. [`Inbox::receive`] records the message id and runs the handler in one PostgreSQL
 ///    transaction (a redelivered id is not handled again);
-/// 2. on `Handled` or `Duplicate`, the offset after the message is committed for the group;
+/// 2. on `Handled` or `Duplicate`, the offset after the message is committed for the group
+///    (with those of the other messages handled within
+///    [`commit_interval`](KafkaInboxOptions::commit_interval));
 /// 3. on `Failed` (the handler failed on every attempt), the message is produced to
 ///    `<topic><dead_letter_suffix>` with the same key, value and headers plus
 ///    `inbox-error`, `inbox-attempts`, `inbox` and `inbox-source` (see
@@ -114,9 +124,10 @@ pub struct KafkaInboxStatus {
 ///    delivers it again from the last committed offset.
 ///
 /// Kafka has no per-message acknowledgement: a committed offset covers every message before it
-/// in its partition, which is why a partition's messages are handled one after another.
-/// Offsets are committed asynchronously after each message and synchronously at shutdown; an
-/// offset lost in a crash only causes redeliveries, which the inbox recognises. Broker
+/// in its partition, which is why a partition's messages are handled one after another (and
+/// the partitions concurrently, one worker each).
+/// Offsets are committed asynchronously every `commit_interval` and synchronously at shutdown;
+/// an offset lost in a crash only causes redeliveries, which the inbox recognises. Broker
 /// outages are waited out (librdkafka reconnects by itself).
 pub struct KafkaInbox {
     servers: String,
@@ -244,7 +255,7 @@ impl KafkaInbox {
             config.create().map_err(|source| KafkaRelayError::Client {
                 client: "consumer",
                 brokers: self.servers.clone(),
-                source,
+                source: Box::new(source),
             })?;
         let topics: Vec<&str> = self.options.topics.iter().map(String::as_str).collect();
         consumer
@@ -252,7 +263,7 @@ impl KafkaInbox {
             .map_err(|source| KafkaRelayError::Subscribe {
                 group: self.group.clone(),
                 topics: self.options.topics.clone(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(consumer)
     }
@@ -269,11 +280,16 @@ impl KafkaInbox {
         config.create().map_err(|source| KafkaRelayError::Client {
             client: "dead-letter producer",
             brokers: self.servers.clone(),
-            source,
+            source: Box::new(source),
         })
     }
 
     /// One consumer's life: until shutdown, or until it fails fatally.
+    ///
+    /// Messages are handed to one worker per partition, so that partitions are handled
+    /// concurrently and each partition's messages one after another, in order. The workers
+    /// are futures of this task (they borrow the handler); at most [`MAX_BUFFERED`] received
+    /// messages wait for their worker, then the consumer is not read until some are done.
     async fn consume<H: InboxHandler + ?Sized>(
         &self,
         consumer: &Arc<StreamConsumer>,
@@ -281,17 +297,49 @@ impl KafkaInbox {
         handler: &H,
         shutdown: &CancellationToken,
     ) -> Ended {
-        let mut handled = TopicPartitionList::new();
+        // The offset after the last message done with, per partition: all of it is committed
+        // at shutdown, and what changed since the last commit every `commit_interval`.
+        let done: Mutex<HashMap<(String, i32), i64>> = Mutex::new(HashMap::new());
+        let uncommitted = AtomicBool::new(false);
+        let room = Semaphore::new(MAX_BUFFERED);
+        let mut queues: HashMap<
+            (String, i32),
+            mpsc::UnboundedSender<(OwnedMessage, SemaphorePermit<'_>)>,
+        > = HashMap::new();
+        let mut workers = FuturesUnordered::new();
+        let mut commit_tick = tokio::time::interval(
+            self.options
+                .commit_interval
+                .clamp(Duration::from_millis(1), MAX_COMMIT_TICK),
+        );
+        let mut last_commit = tokio::time::Instant::now();
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Backoff::new(&self.options);
         let ended = loop {
             let received = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break Ended::Shutdown,
-                received = consumer.recv() => received,
+                Some(()) = workers.next(), if !workers.is_empty() => continue,
+                // Also a fallback wakeup: rdkafka's stream can miss librdkafka's "queue no
+                // longer empty" signal (rust-rdkafka issue #665) and then waits for its own
+                // fallback, half of max.poll.interval.ms (150 s by default); a new `recv` every
+                // tick reads the queue again.
+                _ = commit_tick.tick() => {
+                    if last_commit.elapsed() >= self.options.commit_interval
+                        && uncommitted.swap(false, Ordering::Relaxed)
+                    {
+                        self.commit(consumer, &lock(&done), CommitMode::Async);
+                        last_commit = tokio::time::Instant::now();
+                    }
+                    continue;
+                }
+                (permit, received) = async { (room.acquire().await, consumer.recv().await) } => (permit, received),
             };
-            let message = match received {
-                Ok(message) => message,
-                Err(error) => {
+            let (permit, received) = received;
+            let message = match (permit, received) {
+                (Ok(permit), Ok(message)) => (message.detach(), permit),
+                (Err(_), _) => break Ended::Shutdown,
+                (_, Err(error)) => {
                     if let Some((code, reason)) = consumer.client().fatal_error() {
                         tracing::error!(group = %self.group, %code, reason, "the Kafka consumer failed fatally; making a new one");
                         break Ended::Failed;
@@ -307,21 +355,46 @@ impl KafkaInbox {
                 }
             };
             backoff.reset();
-            if self.handle(&message, producer, handler, shutdown).await == Ended::Shutdown {
-                break Ended::Shutdown;
-            }
-            let next = Offset::Offset(message.offset() + 1);
-            // Kept for the synchronous commit at shutdown, in case an asynchronous one is lost.
-            let _ = handled.add_partition_offset(message.topic(), message.partition(), next);
-            if let Err(error) = consumer.commit_message(&message, CommitMode::Async) {
-                tracing::warn!(group = %self.group, topic = message.topic(), partition = message.partition(), offset = message.offset(), %error, "could not commit the offset; the message will be delivered again and recognised as handled");
-            }
+            let partition = (message.0.topic().to_owned(), message.0.partition());
+            let queue = queues.entry(partition.clone()).or_insert_with(|| {
+                let (queue, mut messages) = mpsc::unbounded_channel();
+                let (done, uncommitted) = (&done, &uncommitted);
+                workers.push(async move {
+                    while let Some((message, permit)) = messages.recv().await {
+                        if shutdown.is_cancelled() {
+                            return;
+                        }
+                        let ended = self.handle(&message, producer, handler, shutdown).await;
+                        drop(permit);
+                        if ended == Ended::Shutdown {
+                            return;
+                        }
+                        lock(done).insert(
+                            (message.topic().to_owned(), message.partition()),
+                            message.offset() + 1,
+                        );
+                        if self.options.commit_interval.is_zero() {
+                            self.commit(consumer, &lock(done), CommitMode::Async);
+                        } else {
+                            uncommitted.store(true, Ordering::Relaxed);
+                        }
+                    }
+                });
+                queue
+            });
+            // The worker only ends when its queue is dropped, or at shutdown.
+            let _ = queue.send(message);
         };
-        if handled.count() > 0 {
-            let consumer = consumer.clone();
-            let group = self.group.clone();
+        // Each worker finishes the message in hand (unless it waits to retry it), then stops.
+        drop(queues);
+        while workers.next().await.is_some() {}
+        drop(workers);
+        let done = std::mem::take(&mut *lock(&done));
+        if !done.is_empty() {
+            // Synchronously, off the runtime's threads: the last offsets must not be lost.
+            let (consumer, group) = (consumer.clone(), self.group.clone());
             let _ = tokio::task::spawn_blocking(move || {
-                if let Err(error) = consumer.commit(&handled, CommitMode::Sync) {
+                if let Err(error) = consumer.commit(&offsets(&done), CommitMode::Sync) {
                     tracing::warn!(%group, %error, "could not commit the handled offsets at shutdown; their messages will be delivered again and recognised as handled");
                 }
             })
@@ -330,11 +403,23 @@ impl KafkaInbox {
         ended
     }
 
+    /// Commits `done` for the group.
+    fn commit(
+        &self,
+        consumer: &StreamConsumer,
+        done: &HashMap<(String, i32), i64>,
+        mode: CommitMode,
+    ) {
+        if let Err(error) = consumer.commit(&offsets(done), mode) {
+            tracing::warn!(group = %self.group, %error, "could not commit the offsets; their messages will be delivered again and recognised as handled");
+        }
+    }
+
     /// Handles one message until it is handled, recognised, or dead-lettered; only a shutdown
     /// while waiting to retry interrupts it (then nothing is committed).
     async fn handle<H: InboxHandler + ?Sized>(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
         producer: &FutureProducer,
         handler: &H,
         shutdown: &CancellationToken,
@@ -376,7 +461,7 @@ impl KafkaInbox {
     /// the broker acknowledges it.
     async fn dead_letter(
         &self,
-        message: &BorrowedMessage<'_>,
+        message: &OwnedMessage,
         incoming: &IncomingMessage,
         producer: &FutureProducer,
         error: &BoxError,
@@ -450,6 +535,29 @@ impl KafkaInbox {
     }
 }
 
+/// The longest time between two reads of the consumer's queue while messages may be waiting.
+const MAX_COMMIT_TICK: Duration = Duration::from_millis(100);
+
+/// Received messages waiting for their partition's worker, at most.
+const MAX_BUFFERED: usize = 1_000;
+
+/// The map behind `mutex`, even if a panic poisoned it (it is only ever replaced whole).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `done` as a partition list.
+fn offsets(done: &HashMap<(String, i32), i64>) -> TopicPartitionList {
+    let mut list = TopicPartitionList::with_capacity(done.len());
+    for ((topic, partition), offset) in done {
+        // Only fails for an offset librdkafka does not know, which `Offset::Offset` is not.
+        let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    list
+}
+
 fn dead_letter_failure(topic: &str, error: &KafkaError) -> String {
     format!("could not produce to the dead-letter topic `{topic}`: {error}; create the topic (KafkaInbox::ensure_topics) or check the broker; the message stays uncommitted until it is dead-lettered")
 }
@@ -457,7 +565,7 @@ fn dead_letter_failure(topic: &str, error: &KafkaError) -> String {
 /// The inbox's view of a Kafka message: the message id from the header `message-id` (else
 /// `<topic>/<partition>/<offset>`, which names the record for good), the topic as subject,
 /// every header whose value is UTF-8 text, the value as payload.
-pub fn incoming_message(message: &BorrowedMessage<'_>) -> IncomingMessage {
+pub fn incoming_message(message: &impl Message) -> IncomingMessage {
     let mut headers = BTreeMap::new();
     if let Some(all) = message.headers() {
         for h in all.iter() {

@@ -69,9 +69,36 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Tested against [tansu](https://github.com/tansu-io/tansu) 0.6 (a Kafka-compatible broker)
-//! with its in-memory storage; see the crate's README section in the tests for what that
-//! broker does and does not do.
+//! # Settings that matter
+//!
+//! - Partitioning: records are keyed by stream and partitioned with `murmur2_random` (the Java
+//!   client's partitioner), so every client puts a stream in the same partition. Adding
+//!   partitions to a topic later moves streams to other partitions: a stream's order holds
+//!   only among records written with the same partition count.
+//! - Retention: Kafka deletes records by age (`retention.ms`, 7 days by default). A consumer
+//!   that must be able to rebuild from the topic needs `retention.ms=-1` (give it in
+//!   [`TopicSetup::settings`]); the event store stays the source of truth either way.
+//! - Message size: [`KafkaPublisherOptions::max_message_bytes`] must not exceed the broker's
+//!   `message.max.bytes` and the topic's `max.message.bytes`; a larger event is parked by the
+//!   relay as a relay dead letter instead of being retried forever.
+//!
+//! # Tested broker
+//!
+//! The tests and the benchmark run against [tansu](https://github.com/tansu-io/tansu) 0.6, a
+//! Kafka-compatible broker in one binary (`scripts/ensure-kafka.sh` installs and starts it
+//! with its in-memory storage engine), through librdkafka 2.12. What works there: topic
+//! creation (CreateTopics), the idempotent producer with `acks=all`, record headers and keys,
+//! per-key order, consumer groups with manual offset commits and committed-offset lookups,
+//! end-of-partition events. What differs from Kafka:
+//! - it does not create a topic on first use (producing to an unknown topic fails), hence
+//!   [`KafkaPublisherOptions::create_topics`];
+//! - it accepts records of any size (5 MB went through): the size refusal the tests see is
+//!   librdkafka's own `message.max.bytes` check, not a broker's `MESSAGE_TOO_LARGE`;
+//! - its ListOffsets answer for the latest offset is one past the *first* record of the last
+//!   batch, not one past the last record (after a batch of 5 records at offsets 0 to 4 it
+//!   answers 1), so `fetch_watermarks` and lag tools read too low; consumers are not affected;
+//! - its memory engine keeps nothing across a restart, so there is no broker-restart test here
+//!   (a restarted broker has lost what the relay had published, which no relay can detect).
 
 #![deny(missing_docs)]
 

@@ -175,7 +175,7 @@ impl KafkaPublisher {
             config.create().map_err(|source| KafkaRelayError::Client {
                 client: "producer",
                 brokers: self.servers.clone(),
-                source,
+                source: Box::new(source),
             })?;
         self.producer = Some(producer.clone());
         Ok(producer)

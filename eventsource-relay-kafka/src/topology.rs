@@ -131,7 +131,7 @@ pub(crate) async fn create_topics(
         .map_err(|source| KafkaRelayError::Client {
             client: "admin client",
             brokers: servers.to_owned(),
-            source,
+            source: Box::new(source),
         })?;
     let new_topics: Vec<NewTopic<'_>> = topics
         .iter()

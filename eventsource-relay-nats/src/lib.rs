@@ -48,7 +48,8 @@
 //!     async move { relay.run(shutdown).await }
 //! });
 //!
-//! // An inbox in another service: the `orders` consumer, dead letters to `dlq.<subject>`.
+//! // An inbox in another service: the durable consumer `shipping` takes the order events;
+//! // what its handler cannot handle goes to `dlq.<subject>`.
 //! let options = NatsInboxOptions::new("EVENTS", "shipping").with_filter_subject("events.order.>");
 //! let inbox = NatsInbox::new("nats://127.0.0.1:4222", Inbox::new(store, "shipping"), options)?;
 //! inbox.ensure_topology().await?; // the DLQ stream and the durable consumer

@@ -208,7 +208,11 @@ impl RabbitMqInbox {
                 .create_channel()
                 .await
                 .map_err(|e| RabbitMqError::unavailable("open a channel", e))?;
-            self.topology.declare(&channel).await
+            let declared = self.topology.declare(&channel).await;
+            if channel.status().connected() {
+                let _ = channel.close(200, "declared".into()).await;
+            }
+            declared
         })
         .await;
         let _ = connection.close(200, "declared".into()).await;

@@ -1,5 +1,5 @@
-//! The test kit: the store contract suite every store must pass, and a small aggregate to drive
-//! it.
+//! Test support for stores: the store contract suite every store must pass, and a small
+//! aggregate to drive it (given / when / then for domain code is the `testkit` module).
 //!
 //! A store crate runs the whole suite with `store_contract_tests!`, given a
 //! `contract::StoreFactory` that hands out empty stores. Each check returns a `Violation`

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use uuid::Uuid;
 
-use super::diff::line_diff;
+use super::diff::ListDiff;
 use crate::envelope::Envelope;
 use crate::metadata::EventMetadata;
 use crate::position::FeedPosition;
@@ -297,11 +297,7 @@ impl<P: ProcessManager> ProcessManagerHarness<P> {
         if expected == self.issued {
             return Ok(());
         }
-        Err(self.mismatch(
-            "commands",
-            &debug_lines(&expected),
-            &debug_lines(&self.issued),
-        ))
+        Err(self.mismatch("commands", &expected, &self.issued))
     }
 
     /// Asserts the commands the last step issued, in order.
@@ -398,21 +394,17 @@ impl<P: ProcessManager> ProcessManagerHarness<P> {
         lines
     }
 
-    fn mismatch(&self, what: &str, expected: &[String], actual: &[String]) -> Mismatch {
+    fn mismatch<T: Debug + PartialEq>(&self, what: &str, expected: &[T], actual: &[T]) -> Mismatch {
         Mismatch {
             manager: self.manager.name().to_owned(),
             what: what.to_owned(),
-            diff: line_diff(expected, actual),
+            diff: ListDiff::new(expected, actual).to_string(),
         }
     }
 }
 
 fn deadline_line(instance: &str, name: &str, due_in: Duration) -> String {
     format!("{instance}: {name} due in {due_in:?}")
-}
-
-fn debug_lines<T: Debug>(items: &[T]) -> Vec<String> {
-    items.iter().map(|item| format!("{item:?}")).collect()
 }
 
 fn pretty_lines<T: Debug>(value: &T) -> Vec<String> {

@@ -1,0 +1,347 @@
+//! Relay benchmarks against the real broker (tansu or Kafka at `KAFKA_BROKERS`) and
+//! PostgreSQL, run on demand: `cargo bench -p eventsource-relay-kafka --bench relay`.
+//!
+//! 1. Throughput: the relay publishes a backlog of 20,000 events (200 streams), against a raw
+//!    rdkafka loop publishing the same messages (same topic layout, keys, headers and values,
+//!    the same idempotent producer settings: `acks=all`, `linger.ms=1`) in the same windows:
+//!    the feed in batches of the relay's batch size, each batch in waves of one message per
+//!    stream, a wave sent whole and every delivery report awaited before the next. The raw
+//!    loop's messages are built beforehand; the relay reads the feed and writes its checkpoint
+//!    on top. Reported: events/s of each and the ratio (goal ≥ 0.8).
+//! 2. Latency: 1,000 events/s appended for 10 s while the relay and a `KafkaInbox` run; the
+//!    time from just before each append to the inbox handler, p50/p99 (goal p99 < 50 ms).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use eventsource_core::{
+    EventAppender, EventMetadata, ExpectedVersion, FeedFollower, FeedOptions, FeedPosition,
+    NewEvent, RecordedEvent, StreamId,
+};
+use eventsource_postgres::delivery_check::write_concurrently;
+use eventsource_postgres::inbox::{Inbox, InboxHandler, IncomingMessage};
+use eventsource_postgres::relay::{Mapping, OutgoingMessage, PublishAsIs, Relay, RelayOptions};
+use eventsource_postgres::testing::TestDatabase;
+use eventsource_postgres::{PgConnection, PostgresStore};
+use eventsource_relay_kafka::rdkafka::message::{Header, OwnedHeaders};
+use eventsource_relay_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use eventsource_relay_kafka::rdkafka::ClientConfig;
+use eventsource_relay_kafka::{
+    topic_name, KafkaInbox, KafkaInboxOptions, KafkaPublisher, KafkaPublisherOptions, TopicSetup,
+    CONTENT_TYPE, CONTENT_TYPE_HEADER,
+};
+use tokio_util::sync::CancellationToken;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const WRITERS: usize = 8;
+const STREAMS_PER_WRITER: usize = 25;
+const EVENTS_PER_STREAM: usize = 100;
+const RATE: u64 = 1_000;
+const SECONDS: u64 = 10;
+const APPENDERS: u64 = 10;
+
+fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+fn suffix() -> String {
+    format!("{:08x}", fastrand::u32(..))
+}
+
+fn relay_options() -> RelayOptions {
+    RelayOptions {
+        feed: FeedOptions::default().with_poll_interval(Duration::from_millis(100)),
+        ..RelayOptions::default()
+    }
+}
+
+/// The feed in the relay's batches, mapped as the relay maps it.
+async fn batches(store: &PostgresStore) -> Result<Vec<Vec<OutgoingMessage>>, BoxError> {
+    let mut follower = FeedFollower::new(store.clone(), FeedPosition::START, relay_options().feed);
+    let mut batches = Vec::new();
+    loop {
+        let batch = follower.next().await?;
+        let messages = batch
+            .events
+            .iter()
+            .map(|event: &RecordedEvent| {
+                let public = PublishAsIs
+                    .map(event)?
+                    .ok_or("PublishAsIs maps every event")?;
+                Ok(OutgoingMessage::new(event, &public))
+            })
+            .collect::<Result<Vec<_>, BoxError>>()?;
+        if !messages.is_empty() {
+            batches.push(messages);
+        }
+        if batch.reached_head {
+            return Ok(batches);
+        }
+    }
+}
+
+/// A batch in waves: a stream's n-th message in the n-th wave.
+fn waves(batch: Vec<OutgoingMessage>) -> Vec<Vec<OutgoingMessage>> {
+    let mut waves: Vec<Vec<OutgoingMessage>> = Vec::new();
+    let mut next: HashMap<String, usize> = HashMap::new();
+    for message in batch {
+        let wave = next.entry(message.stream.clone()).or_insert(0);
+        if waves.len() <= *wave {
+            waves.push(Vec::new());
+        }
+        waves[*wave].push(message);
+        *wave += 1;
+    }
+    waves
+}
+
+/// The raw loop: the same records, wave by wave, every delivery report awaited.
+async fn raw_publish(waves: &[Vec<OutgoingMessage>], prefix: &str) -> Result<Duration, BoxError> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .create()?;
+    let started = Instant::now();
+    for wave in waves {
+        let sends = wave.iter().map(|message| {
+            let producer = &producer;
+            async move {
+                let topic = topic_name(prefix, &message.category);
+                let mut headers = OwnedHeaders::new_with_capacity(14);
+                for (name, value) in message.headers() {
+                    headers = headers.insert(Header {
+                        key: name,
+                        value: Some(value.as_str()),
+                    });
+                }
+                headers = headers.insert(Header {
+                    key: CONTENT_TYPE_HEADER,
+                    value: Some(CONTENT_TYPE),
+                });
+                let record = FutureRecord::to(&topic)
+                    .key(message.stream.as_bytes())
+                    .payload(message.payload.as_slice())
+                    .headers(headers);
+                producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| e)
+            }
+        });
+        for result in futures::future::join_all(sends).await {
+            result?;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+async fn throughput() -> Result<(), BoxError> {
+    let db = TestDatabase::create().await?;
+    let store = db.store().await?;
+    let category = "bench";
+    let appended = write_concurrently(
+        &store,
+        category,
+        WRITERS,
+        STREAMS_PER_WRITER,
+        EVENTS_PER_STREAM,
+    )
+    .await?;
+    let head = store.head_position().await?.ok_or("no events")?;
+
+    // The relay, from the start of the feed to its head.
+    let relay_prefix = format!("relay{}.", suffix());
+    let mut publisher = KafkaPublisher::new(
+        &brokers(),
+        KafkaPublisherOptions::default().with_topic_prefix(&relay_prefix),
+    )?;
+    publisher.ensure_topics(&[category]).await?;
+    let relay = Arc::new(
+        Relay::new(store.clone(), "bench", publisher, PublishAsIs).with_options(relay_options()),
+    );
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    relay.status().wait_for(|s| s.position >= head).await?;
+    let relay_time = started.elapsed();
+    shutdown.cancel();
+    running.await??;
+
+    // The raw loop, the same messages in the same waves, to topics of their own.
+    let raw_prefix = format!("raw{}.", suffix());
+    KafkaPublisher::new(
+        &brokers(),
+        KafkaPublisherOptions::default().with_topic_prefix(&raw_prefix),
+    )?
+    .ensure_topics(&[category])
+    .await?;
+    let all_waves: Vec<Vec<OutgoingMessage>> =
+        batches(&store).await?.into_iter().flat_map(waves).collect();
+    let sent: usize = all_waves.iter().map(Vec::len).sum();
+    assert_eq!(sent, appended);
+    let raw_time = raw_publish(&all_waves, &raw_prefix).await?;
+
+    let relay_rate = appended as f64 / relay_time.as_secs_f64();
+    let raw_rate = appended as f64 / raw_time.as_secs_f64();
+    println!(
+        "throughput: {appended} events, {} streams, {} waves; relay {relay_rate:.0} events/s ({relay_time:.2?}), raw rdkafka {raw_rate:.0} events/s ({raw_time:.2?}), ratio {:.2} (goal >= 0.8)",
+        WRITERS * STREAMS_PER_WRITER,
+        all_waves.len(),
+        relay_rate / raw_rate
+    );
+    db.drop_database().await?;
+    Ok(())
+}
+
+/// Records how long after its append each message reached the handler.
+struct Latencies(Mutex<Vec<Duration>>);
+
+#[async_trait]
+impl InboxHandler for Latencies {
+    type Error = BoxError;
+
+    async fn handle(
+        &self,
+        _tx: &mut PgConnection,
+        message: &IncomingMessage,
+    ) -> Result<(), BoxError> {
+        let body: serde_json::Value = message.json()?;
+        let sent = body["sent_nanos"].as_u64().ok_or("no sent_nanos")?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+        self.0
+            .lock()
+            .map_err(|_| "poisoned")?
+            .push(Duration::from_nanos(now.saturating_sub(sent)));
+        Ok(())
+    }
+}
+
+async fn latency() -> Result<(), BoxError> {
+    let db = TestDatabase::create().await?;
+    let store = db.store().await?;
+    let prefix = format!("lat{}.", suffix());
+    let category = "tick";
+    let topic = topic_name(&prefix, category);
+
+    let publisher = KafkaPublisher::new(
+        &brokers(),
+        KafkaPublisherOptions::default().with_topic_prefix(&prefix),
+    )?;
+    let relay = Arc::new(
+        Relay::new(store.clone(), "latency", publisher, PublishAsIs).with_options(relay_options()),
+    );
+    // Twelve partitions: the inbox handles them concurrently, each in order.
+    let options = KafkaInboxOptions {
+        topic_setup: TopicSetup {
+            partitions: std::env::var("BENCH_PARTITIONS")
+                .ok()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(12),
+            ..TopicSetup::default()
+        },
+        ..KafkaInboxOptions::new([topic.clone()])
+    };
+    let inbox = KafkaInbox::new(&brokers(), Inbox::new(store.clone(), "latency"), options)?;
+    inbox.ensure_topics().await?;
+    let handler = Arc::new(Latencies(Mutex::new(Vec::new())));
+    let shutdown = CancellationToken::new();
+    let relay_task = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    let mut inbox_status = inbox.status();
+    let inbox_task = tokio::spawn({
+        let (handler, shutdown) = (handler.clone(), shutdown.clone());
+        async move { inbox.run(handler.as_ref(), shutdown).await }
+    });
+    // Let the consumer join its group before the clock starts.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let total = RATE * SECONDS;
+    let mut appenders = Vec::new();
+    for appender in 0..APPENDERS {
+        let store = store.clone();
+        appenders.push(tokio::spawn(async move {
+            let per_task = total / APPENDERS;
+            let mut tick =
+                tokio::time::interval(Duration::from_nanos(1_000_000_000 * APPENDERS / RATE));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for n in 0..per_task {
+                tick.tick().await;
+                let stream = StreamId::new(category, format!("a{appender}s{}", n % 10))?;
+                let sent = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos() as u64;
+                let event = NewEvent::new(
+                    "Ticked",
+                    1,
+                    serde_json::json!({ "sent_nanos": sent }),
+                    EventMetadata::default(),
+                );
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![event])
+                    .await?;
+            }
+            Ok::<(), BoxError>(())
+        }));
+    }
+    let started = Instant::now();
+    for appender in appenders {
+        appender.await??;
+    }
+    let append_time = started.elapsed();
+    let head = store.head_position().await?.ok_or("no events")?;
+    relay.status().wait_for(|s| s.position >= head).await?;
+    let relayed = started.elapsed();
+    let handled_then = inbox_status.borrow().handled;
+    if tokio::time::timeout(
+        Duration::from_secs(60),
+        inbox_status.wait_for(|s| s.handled >= total),
+    )
+    .await
+    .is_err()
+    {
+        return Err(format!(
+            "the inbox did not handle every event within 60 s: {:?}",
+            *inbox_status.borrow()
+        )
+        .into());
+    }
+    let inboxed = started.elapsed();
+    eprintln!("relay at head after {relayed:?}; inbox had handled {handled_then}; all handled after {inboxed:?}");
+    shutdown.cancel();
+    relay_task.await??;
+    inbox_task.await??;
+
+    let mut latencies = handler.0.lock().map_err(|_| "poisoned")?.clone();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    println!(
+        "latency: {} events appended at {RATE}/s in {append_time:.2?}; append to inbox handler p50 {:.1?}, p99 {:.1?}, max {:.1?} (goal p99 < 50 ms)",
+        latencies.len(),
+        at(0.50),
+        at(0.99),
+        latencies[latencies.len() - 1]
+    );
+    db.drop_database().await?;
+    Ok(())
+}
+
+fn main() -> Result<(), BoxError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        if std::env::var("BENCH_SKIP_THROUGHPUT").is_err() {
+            throughput().await?;
+        }
+        latency().await
+    })
+}

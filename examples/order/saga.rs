@@ -129,6 +129,9 @@ where
     Err("the saga did not get there within 15 s".into())
 }
 
+/// An event of the chain: category, stream id, version, type, causation id, saga command.
+type EventRow = (String, String, i64, String, Option<String>, Option<String>);
+
 /// Prints an instance's outcome, the commands it issued and every event of its correlation id.
 async fn show(store: &PostgresStore, id: &str) -> Result<(), Box<dyn Error>> {
     let Some(instance) = process_manager::instance::<FulfilmentState>(store, NAME, id).await?
@@ -149,7 +152,7 @@ async fn show(store: &PostgresStore, id: &str) -> Result<(), Box<dyn Error>> {
         "   correlation id {} links everything below",
         instance.correlation_id
     );
-    let rows: Vec<(String, String, i64, String, Option<String>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<EventRow> = sqlx::query_as(
         "SELECT category, stream_id, version, event_type, metadata->>'causation_id',
                 metadata->'headers'->>'command'
          FROM eventsource.events

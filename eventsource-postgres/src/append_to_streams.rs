@@ -69,7 +69,8 @@ impl PostgresStore {
         let mut schema_versions = Vec::with_capacity(count);
         let mut payloads = Vec::with_capacity(count);
         let mut metadata = Vec::with_capacity(count);
-        for ((k, append), checked) in (1i64..).zip(&appends).zip(&encoded) {
+        // check_multi_append returns each stream's events, all of them, in order.
+        for (k, checked) in (1i64..).zip(&encoded) {
             for (n, event) in (1i64..).zip(checked) {
                 ks.push(k);
                 ns.push(n);
@@ -80,7 +81,6 @@ impl PostgresStore {
                 payloads.push(event.payload_json.as_str());
                 metadata.push(event.metadata_json.as_str());
             }
-            debug_assert_eq!(checked.len(), append.events.len());
         }
         let operation = || {
             format!(

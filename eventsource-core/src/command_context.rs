@@ -83,6 +83,8 @@ impl CommandContext {
     /// let again = CommandContext::new().with_command_id(request);
     /// let stream = StreamId::new("order", "o-1")?;
     /// assert!(ctx.is_command_id_given());
+    /// assert!(!CommandContext::new().is_command_id_given());
+    /// assert!(!ctx.next_command().is_command_id_given()); // the next command is another one
     /// assert_eq!(ctx.metadata().causation_id, Some(request));
     /// // The same command produces the same event ids, however often it is sent.
     /// assert_eq!(ctx.event_id(&stream, 0), again.event_id(&stream, 0));

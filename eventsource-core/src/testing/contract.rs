@@ -667,6 +667,39 @@ pub async fn multi_stream_append<F: StoreFactory>(factory: &F) -> Result<(), Vio
         read_all(&small, &a).await?.is_empty(),
         "an append past the limits stores nothing"
     );
+    // Each stream's events within the byte limit, all of them together past it.
+    let one = event("A", 1);
+    let bytes = one.payload.to_string().len()
+        + serde_json::to_string(&one.metadata).map_or(0, |m| m.len())
+        + one.event_type.len();
+    let narrow = factory
+        .store(Limits::default().with_max_append_bytes(bytes * 3))
+        .await;
+    let too_large = vec![
+        StreamAppend::new(
+            a.clone(),
+            ExpectedVersion::Any,
+            vec![event("A", 1), event("A", 2)],
+        ),
+        StreamAppend::new(
+            b.clone(),
+            ExpectedVersion::Any,
+            vec![event("B", 1), event("B", 2)],
+        ),
+    ];
+    let result = narrow.append_to_streams(too_large).await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(ValidationError::AppendTooLarge { events: 4, .. }))
+        ),
+        "4 events of {bytes} bytes in two streams pass a limit of {} bytes per append, got {result:?}",
+        bytes * 3
+    );
+    ensure!(
+        read_all(&narrow, &a).await?.is_empty(),
+        "an append past the byte limit stores nothing"
+    );
     Ok(())
 }
 

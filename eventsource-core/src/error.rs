@@ -171,6 +171,12 @@ pub enum ValidationError {
         /// The repeated id.
         event_id: uuid::Uuid,
     },
+    /// The same stream twice in one append to several streams.
+    #[error("stream {stream} appears twice in one append to several streams; give each stream's events in one StreamAppend")]
+    StreamGivenTwice {
+        /// The repeated stream.
+        stream: StreamId,
+    },
     /// Metadata that does not encode as JSON.
     #[error("the metadata of event {index} of the append does not encode as JSON: {reason}")]
     MetadataEncoding {

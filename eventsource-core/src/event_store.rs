@@ -1,7 +1,8 @@
 //! The store contract, split by capability: appending, reading one stream, reading the feed.
 
 use async_trait::async_trait;
-use futures::stream::BoxStream;
+use futures::stream::{BoxStream, StreamExt};
+use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event::{NewEvent, RecordedEvent};
@@ -26,6 +27,29 @@ pub struct AppendResult {
     pub already_stored: bool,
 }
 
+/// The events to append to one stream, as part of an append to several streams
+/// ([`EventAppender::append_to_streams`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamAppend {
+    /// The stream appended to.
+    pub stream: StreamId,
+    /// What the stream's current version must be.
+    pub expected: ExpectedVersion,
+    /// Its events, in order (none: only the expectation is checked).
+    pub events: Vec<NewEvent>,
+}
+
+impl StreamAppend {
+    /// The events `events` for `stream`, if its current version satisfies `expected`.
+    pub fn new(stream: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> Self {
+        Self {
+            stream,
+            expected,
+            events,
+        }
+    }
+}
+
 /// Appends events to streams under optimistic concurrency.
 #[async_trait]
 pub trait EventAppender: Send + Sync {
@@ -44,6 +68,29 @@ pub trait EventAppender: Send + Sync {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError>;
+
+    /// Appends to several streams in one transaction: every stream's events or none at all.
+    /// Returns one result per stream, in the order given.
+    ///
+    /// - Each stream's expectation is checked; if one fails, nothing is stored in any stream
+    ///   and the error is the [`StoreError::Conflict`] naming that stream (the first such
+    ///   stream in the order given).
+    /// - Input is checked as a whole before storage is touched: invalid events of any stream
+    ///   refuse the whole append, a stream given twice is refused with
+    ///   [`ValidationError::StreamGivenTwice`](crate::ValidationError::StreamGivenTwice), and
+    ///   the [`Limits`](crate::Limits) on events and bytes per append apply to all the streams'
+    ///   events together.
+    /// - Idempotent as [`append`](Self::append) is: appending the very same events again (a
+    ///   retry after a lost reply) succeeds with `already_stored = true` for each stream and
+    ///   stores nothing; event ids stored otherwise are refused with
+    ///   [`StoreError::EventIdReused`].
+    /// - The feed delivers the whole append in one place (one transaction), each stream's
+    ///   events in version order.
+    /// - No streams: nothing to do, an empty result.
+    async fn append_to_streams(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>, StoreError>;
 }
 
 /// Reads the events of one stream.
@@ -51,6 +98,25 @@ pub trait StreamReader: Send + Sync {
     /// The events of `stream` with versions from `from` on, in version order. A stream without
     /// events yields nothing. Reads every committed event, whatever the feed's horizon.
     fn read_stream<'a>(&'a self, stream: &'a StreamId, from: StreamVersion) -> EventStream<'a>;
+
+    /// The events of `stream` whose metadata names `causation_id` as their causation id, in
+    /// version order: what one command (with that id) appended there. Reads every committed
+    /// event, whatever the feed's horizon.
+    ///
+    /// [`Repository::execute`](crate::Repository::execute) uses it to find the first run of
+    /// a command whose id was given. The default reads the whole stream and keeps the matching
+    /// events; a store with an index on causation ids overrides it (the PostgreSQL store does).
+    fn read_caused_by<'a>(&'a self, stream: &'a StreamId, causation_id: Uuid) -> EventStream<'a> {
+        self.read_stream(stream, StreamVersion::FIRST)
+            .filter(move |event| {
+                let keep = match event {
+                    Ok(event) => event.metadata.causation_id == Some(causation_id),
+                    Err(_) => true,
+                };
+                futures::future::ready(keep)
+            })
+            .boxed()
+    }
 }
 
 /// Reads the global feed: every committed event exactly once, each stream in version order.

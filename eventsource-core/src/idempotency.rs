@@ -6,7 +6,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event::NewEvent;
-use crate::event_store::AppendResult;
+use crate::event_store::{AppendResult, StreamAppend};
 use crate::position::FeedPosition;
 use crate::stream_id::StreamId;
 use crate::version::StreamVersion;
@@ -65,4 +65,52 @@ pub fn replayed_append(
         positions,
         already_stored: true,
     })
+}
+
+/// Decides an append to several streams some of whose event ids are already stored (`stored`
+/// maps each stored id of the append to where it is), as [`replayed_append`] does for one
+/// stream: the very same append again (every stream's events stored, each in its stream, in
+/// order) is a retry and reports where they are, with `already_stored = true` for each stream
+/// (a stream without events reports `current(stream)`); anything else is refused with
+/// [`StoreError::EventIdReused`].
+pub fn replayed_multi_append(
+    appends: &[StreamAppend],
+    stored: &HashMap<Uuid, StoredEventLocation>,
+    current: impl Fn(&StreamId) -> StreamVersion,
+) -> Result<Vec<AppendResult>, StoreError> {
+    let Some((some_id, some_at)) = appends
+        .iter()
+        .flat_map(|a| &a.events)
+        .find_map(|e| stored.get(&e.event_id).map(|at| (e.event_id, at)))
+    else {
+        return Err(StoreError::Corrupt {
+            what: "an append was judged a retry without any stored event id".into(),
+        });
+    };
+    appends
+        .iter()
+        .map(|append| {
+            if append.events.is_empty() {
+                return Ok(AppendResult {
+                    stream_version: current(&append.stream),
+                    positions: Vec::new(),
+                    already_stored: true,
+                });
+            }
+            if !append
+                .events
+                .iter()
+                .any(|e| stored.contains_key(&e.event_id))
+            {
+                // Another stream's events are stored and this one's are not: not a retry.
+                return Err(StoreError::EventIdReused {
+                    event_id: some_id,
+                    stream: append.stream.clone(),
+                    stored_in: some_at.stream_id.clone(),
+                    version: some_at.version,
+                });
+            }
+            replayed_append(&append.stream, &append.events, stored)
+        })
+        .collect()
 }

@@ -6,7 +6,10 @@
 //! - [`StreamId`] (category + instance id), [`StreamVersion`], [`FeedPosition`];
 //! - [`NewEvent`] on the way in, [`RecordedEvent`] on the way out, with [`EventMetadata`];
 //! - [`DomainEvent`]: a domain's event enum as (type name, schema version, JSON payload);
-//! - [`Aggregate`] and [`Repository`] (load, decide, append, retry on [`Conflict`]);
+//! - [`Aggregate`] and [`Repository`] (load, decide, append, retry on [`Conflict`]; idempotent
+//!   commands with [`CommandContext::with_command_id`]);
+//! - [`UnitOfWork`]: commands on several aggregates appended in one atomic
+//!   [`EventAppender::append_to_streams`];
 //! - the store contract: [`EventAppender`], [`StreamReader`], [`FeedReader`] = [`EventStore`];
 //! - [`InMemoryStore`], which keeps the same contract as the PostgreSQL store;
 //! - [`testing`]: the store contract suite and a small aggregate for tests;
@@ -27,7 +30,6 @@ pub mod feed;
 pub mod feed_follower;
 #[doc(hidden)]
 pub mod idempotency;
-mod idempotent_command_shim;
 #[doc(hidden)]
 pub mod json_nesting;
 pub mod limits;
@@ -46,6 +48,7 @@ pub mod subscription;
 pub mod testing;
 #[cfg(feature = "testing")]
 pub mod testkit;
+pub mod unit_of_work;
 pub mod version;
 
 pub use aggregate::Aggregate;
@@ -55,7 +58,7 @@ pub use envelope::{Envelope, FeedItem};
 pub use error::{BoxError, Conflict, StoreError, ValidationError};
 pub use event::{NewEvent, RecordedEvent};
 pub use event_store::{
-    AppendResult, EventAppender, EventStore, EventStream, FeedReader, StreamReader,
+    AppendResult, EventAppender, EventStore, EventStream, FeedReader, StreamAppend, StreamReader,
 };
 pub use expected_version::ExpectedVersion;
 pub use feed::{BatchSize, FeedBatch, FeedFilter};
@@ -70,4 +73,5 @@ pub use snapshot::{Snapshot, SnapshotStore};
 pub use snapshot_policy::SnapshotPolicy;
 pub use stream_id::{Category, StreamId};
 pub use subscription::{FeedHoldup, Subscribe, Subscription};
+pub use unit_of_work::{Committed, CommittedStream, Decided, UnitError, UnitFuture, UnitOfWork};
 pub use version::StreamVersion;

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use crate::error::ValidationError;
 use crate::event::NewEvent;
+use crate::event_store::StreamAppend;
 use crate::expected_version::ExpectedVersion;
 use crate::json_nesting::{self, MAX_READ_DEPTH};
 use crate::stream_id::StreamId;
@@ -228,6 +229,60 @@ impl Limits {
                 payload_json,
                 metadata_json,
             });
+        }
+        Ok(encoded)
+    }
+
+    /// Checks an append to several streams and encodes its events (one list per stream, in the
+    /// order given). Every store's [`append_to_streams`](crate::EventAppender::append_to_streams)
+    /// calls this first.
+    ///
+    /// Each stream's events are checked as by [`check_append`](Self::check_append); besides,
+    /// the limits on events and bytes per append apply to all the streams' events together, a
+    /// stream may appear only once and an event id only once in the whole append.
+    pub fn check_multi_append<'a>(
+        &self,
+        appends: &'a [StreamAppend],
+    ) -> Result<Vec<Vec<EncodedEvent<'a>>>, ValidationError> {
+        let count = appends
+            .iter()
+            .fold(0usize, |n, a| n.saturating_add(a.events.len()));
+        if count > self.max_events_per_append {
+            return Err(ValidationError::TooManyEvents {
+                count,
+                limit: self.max_events_per_append,
+            });
+        }
+        let mut streams = HashSet::with_capacity(appends.len());
+        let mut ids = HashSet::with_capacity(count);
+        let mut append_bytes = 0usize;
+        let mut encoded = Vec::with_capacity(appends.len());
+        for append in appends {
+            if !streams.insert(&append.stream) {
+                return Err(ValidationError::StreamGivenTwice {
+                    stream: append.stream.clone(),
+                });
+            }
+            let checked = self.check_append(&append.stream, append.expected, &append.events)?;
+            for event in &checked {
+                if !ids.insert(event.event.event_id) {
+                    return Err(ValidationError::DuplicateEventId {
+                        event_id: event.event.event_id,
+                    });
+                }
+                append_bytes = append_bytes
+                    .saturating_add(event.payload_json.len())
+                    .saturating_add(event.metadata_json.len())
+                    .saturating_add(event.event.event_type.len());
+            }
+            if append_bytes > self.max_append_bytes {
+                return Err(ValidationError::AppendTooLarge {
+                    events: count,
+                    size_so_far: append_bytes,
+                    limit: self.max_append_bytes,
+                });
+            }
+            encoded.push(checked);
         }
         Ok(encoded)
     }

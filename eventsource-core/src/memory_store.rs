@@ -10,10 +10,12 @@ use uuid::Uuid;
 
 use crate::error::{Conflict, StoreError, ValidationError};
 use crate::event::{NewEvent, RecordedEvent};
-use crate::event_store::{AppendResult, EventAppender, EventStream, FeedReader, StreamReader};
+use crate::event_store::{
+    AppendResult, EventAppender, EventStream, FeedReader, StreamAppend, StreamReader,
+};
 use crate::expected_version::ExpectedVersion;
 use crate::feed::{BatchSize, FeedBatch, FeedFilter};
-use crate::idempotency::{replayed_append, StoredEventLocation};
+use crate::idempotency::{replayed_append, replayed_multi_append, StoredEventLocation};
 use crate::limits::Limits;
 use crate::position::FeedPosition;
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -163,15 +165,125 @@ impl EventAppender for InMemoryStore {
         }
         state.last_transaction += 1;
         let transaction_id = state.last_transaction;
+        let (version, positions) = state.write(stream, current, events, sizes, transaction_id);
+        drop(state);
+        self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(AppendResult {
+            stream_version: version,
+            positions,
+            already_stored: false,
+        })
+    }
+
+    /// Checks every stream's expectation, then writes all the streams' events as one
+    /// transaction (one transaction id, positions in the order given), under one lock.
+    async fn append_to_streams(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        let sizes: Vec<Vec<usize>> = self
+            .inner
+            .limits
+            .check_multi_append(&appends)?
+            .iter()
+            .map(|events| {
+                events
+                    .iter()
+                    .map(|e| e.payload_json.len() + e.metadata_json.len())
+                    .collect()
+            })
+            .collect();
+        let mut state = self.state();
+        let stored: HashMap<Uuid, StoredEventLocation> = appends
+            .iter()
+            .flat_map(|a| &a.events)
+            .filter_map(|e| state.event_ids.get(&e.event_id))
+            .map(|&i| {
+                let e = &state.events[i];
+                let at = StoredEventLocation {
+                    stream_id: e.stream_id.clone(),
+                    version: e.version,
+                    position: e.position,
+                };
+                (e.event_id, at)
+            })
+            .collect();
+        if !stored.is_empty() {
+            return replayed_multi_append(&appends, &stored, |stream| state.version_of(stream));
+        }
+        let mut currents = Vec::with_capacity(appends.len());
+        for append in &appends {
+            let current = state.version_of(&append.stream);
+            if !append.expected.accepts(current) {
+                return Err(Conflict {
+                    stream: append.stream.clone(),
+                    expected: append.expected,
+                    actual: current,
+                }
+                .into());
+            }
+            if current.checked_add(append.events.len() as u64).is_none() {
+                return Err(ValidationError::VersionOverflow {
+                    stream: append.stream.clone(),
+                    after: current,
+                    count: append.events.len(),
+                }
+                .into());
+            }
+            currents.push(current);
+        }
+        let any_events = appends.iter().any(|a| !a.events.is_empty());
+        let transaction_id = if any_events {
+            state.last_transaction += 1;
+            state.last_transaction
+        } else {
+            0
+        };
+        let mut results = Vec::with_capacity(appends.len());
+        for ((append, current), sizes) in appends.into_iter().zip(currents).zip(sizes) {
+            let (version, positions) = state.write(
+                &append.stream,
+                current,
+                append.events,
+                sizes,
+                transaction_id,
+            );
+            results.push(AppendResult {
+                stream_version: version,
+                positions,
+                already_stored: false,
+            });
+        }
+        drop(state);
+        if any_events {
+            self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(results)
+    }
+}
+
+impl State {
+    /// Stores `events` in `stream` after version `current`, as part of transaction
+    /// `transaction_id`; returns the stream's new version and the events' positions.
+    ///
+    /// The caller checked that the versions stay in range.
+    fn write(
+        &mut self,
+        stream: &StreamId,
+        current: StreamVersion,
+        events: Vec<NewEvent>,
+        sizes: Vec<usize>,
+        transaction_id: u64,
+    ) -> (StreamVersion, Vec<FeedPosition>) {
         let recorded_at = Utc::now();
         let mut positions = Vec::with_capacity(events.len());
         let mut version = current;
         for (event, size) in events.into_iter().zip(sizes) {
-            // Bounded by the overflow check above.
+            // Bounded by the caller's overflow check.
             version = version.next().unwrap_or(StreamVersion::MAX);
-            let index = state.events.len();
+            let index = self.events.len();
             let position = FeedPosition::new(transaction_id, index as u64 + 1);
-            state.events.push(RecordedEvent {
+            self.events.push(RecordedEvent {
                 event_id: event.event_id,
                 stream_id: stream.clone(),
                 version,
@@ -182,18 +294,12 @@ impl EventAppender for InMemoryStore {
                 metadata: event.metadata,
                 recorded_at,
             });
-            state.sizes.push(size);
-            state.event_ids.insert(event.event_id, index);
-            state.streams.entry(stream.clone()).or_default().push(index);
+            self.sizes.push(size);
+            self.event_ids.insert(event.event_id, index);
+            self.streams.entry(stream.clone()).or_default().push(index);
             positions.push(position);
         }
-        drop(state);
-        self.inner.appended.send_modify(|n| *n = n.wrapping_add(1));
-        Ok(AppendResult {
-            stream_version: version,
-            positions,
-            already_stored: false,
-        })
+        (version, positions)
     }
 }
 

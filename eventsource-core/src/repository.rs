@@ -61,10 +61,15 @@ pub struct Executed<A: Aggregate> {
     /// The stored events, in order, with their ids, versions and feed positions (empty when
     /// the command produced none).
     pub appended: Vec<AppendedEvent>,
-    /// Attempts it took (1 when no concurrent writer got in the way).
+    /// Attempts it took (1 when no concurrent writer got in the way; 0 when it found an
+    /// earlier run's outcome before deciding, see `replayed`).
     pub attempts: u32,
     /// The conflicts met on the way, one per retry.
     pub conflicts: Vec<Conflict>,
+    /// `true` when the command's id was given ([`CommandContext::with_command_id`]) and an
+    /// earlier run of it had already appended: nothing was appended now, and `events`,
+    /// `version` and `appended` are that run's (`state` is the state right after it).
+    pub replayed: bool,
 }
 
 /// Why a command was not carried out.
@@ -158,43 +163,45 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
     ///
     /// Reads the stream directly (every committed event), never through the feed's horizon.
     pub async fn load(&self, stream: &StreamId) -> Result<Loaded<A>, CommandError<A::Error>> {
+        self.load_until(stream, StreamVersion::MAX).await
+    }
+
+    /// Loads the aggregate in `stream` as it was at version `until` (or its latest version if
+    /// lower): from a snapshot at or before `until`, if one is kept, else from the start.
+    async fn load_until(
+        &self,
+        stream: &StreamId,
+        until: StreamVersion,
+    ) -> Result<Loaded<A>, CommandError<A::Error>> {
         self.check_category(stream)?;
         let restored = match &self.snapshots {
             Some(snapshots) => snapshots.restore(stream).await?,
             None => None,
         };
-        let (state, version) = restored.unwrap_or_else(|| (A::default(), StreamVersion::INITIAL));
+        let (state, version) = restored
+            .filter(|(_, version)| *version <= until)
+            .unwrap_or_else(|| (A::default(), StreamVersion::INITIAL));
         let mut loaded = Loaded {
             stream_id: stream.clone(),
             state,
             version,
         };
-        self.catch_up(&mut loaded).await?;
+        self.catch_up_until(&mut loaded, until).await?;
         Ok(loaded)
     }
 
     /// Folds the events stored after `loaded.version` into `loaded`.
-    ///
-    /// Relies on the store returning versions in order from the one asked for; a gap is
-    /// reported as corrupt data rather than folded.
     async fn catch_up(&self, loaded: &mut Loaded<A>) -> Result<(), CommandError<A::Error>> {
-        let stream = &loaded.stream_id;
-        let from = loaded.version.next().unwrap_or(StreamVersion::MAX);
-        let mut events = self.store.read_stream(stream, from);
-        while let Some(recorded) = events.try_next().await? {
-            if Some(recorded.version) != loaded.version.next() {
-                return Err(StoreError::Corrupt {
-                    what: format!(
-                        "stream {stream} jumps from version {} to {}",
-                        loaded.version, recorded.version
-                    ),
-                }
-                .into());
-            }
-            let event: A::Event = recorded.decode()?;
-            loaded.state.apply(&event);
-            loaded.version = recorded.version;
-        }
+        self.catch_up_until(loaded, StreamVersion::MAX).await
+    }
+
+    /// Folds the events stored after `loaded.version`, up to version `until`, into `loaded`.
+    async fn catch_up_until(
+        &self,
+        loaded: &mut Loaded<A>,
+        until: StreamVersion,
+    ) -> Result<(), CommandError<A::Error>> {
+        fold_stream(&self.store, loaded, until).await?;
         Ok(())
     }
 
@@ -203,6 +210,46 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
     /// the retry policy's attempt budget; a reload after a conflict folds only the events stored
     /// since the last one (`apply` is deterministic). Every event gets `causation_id = ctx.command_id` and
     /// the context's correlation id, actor and headers.
+    ///
+    /// # Idempotent commands
+    ///
+    /// When the caller gave the command's id ([`CommandContext::with_command_id`]), a command
+    /// runs at most once per stream, however often it is sent, and every send returns the same
+    /// outcome:
+    ///
+    /// - It first looks for the events of `stream` caused by that id
+    ///   ([`StreamReader::read_caused_by`]). If there are any, an earlier run appended them: it
+    ///   returns that run's outcome, with `replayed = true` and without deciding or appending:
+    ///   the events (decoded from the store), the version after them, `appended` describing
+    ///   the stored events, and the state right after them. This holds after a restart too
+    ///   (a new repository, a new connection): the store is the only memory.
+    /// - Otherwise it decides and appends with deterministic event ids
+    ///   ([`CommandContext::event_id`]). A concurrent run of the same id that appended first
+    ///   makes this append a conflict or a replay of its ids; it then finds that run's events
+    ///   and returns them the same way.
+    /// - A command that produced no events left nothing to find: a second send decides again,
+    ///   and (deciding the same) appends nothing again. Its outcome is the stream's version at
+    ///   that time, which may have moved.
+    /// - A command id is per stream: the same id sent to another stream is another command.
+    ///
+    /// ```
+    /// # use eventsource_core::testing::counter::{Counter, Increment};
+    /// use eventsource_core::{Aggregate, CommandContext, InMemoryStore, Repository};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let repository = Repository::<Counter, _>::new(InMemoryStore::new());
+    /// let id = Counter::stream_id("c-1")?;
+    /// let request = uuid::Uuid::now_v7(); // e.g. from the client's Idempotency-Key
+    /// let first = repository
+    ///     .execute(&id, Increment(2), &CommandContext::new().with_command_id(request))
+    ///     .await?;
+    /// let again = repository
+    ///     .execute(&id, Increment(2), &CommandContext::new().with_command_id(request))
+    ///     .await?;
+    /// assert!(again.replayed);
+    /// assert_eq!((again.version, &again.appended), (first.version, &first.appended));
+    /// assert_eq!(repository.load(&id).await?.state.value, 2); // counted once
+    /// # Ok(()) }
+    /// ```
     pub async fn execute(
         &self,
         stream: &StreamId,
@@ -211,26 +258,12 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
     ) -> Result<Executed<A>, CommandError<A::Error>> {
         let mut conflicts = Vec::new();
         let mut attempts = 0;
+        if let Some(done) = self.earlier_run(stream, ctx, attempts, &[]).await? {
+            return Ok(done);
+        }
         let mut loaded = self.load(stream).await?;
         loop {
             attempts += 1;
-            if ctx.idempotent {
-                // SHIM until idempotent commands land on main.
-                if let Some((events, appended)) =
-                    crate::idempotent_command_shim::previous_run::<A, S>(&self.store, stream, ctx)
-                        .await?
-                {
-                    return Ok(Executed {
-                        stream_id: stream.clone(),
-                        events,
-                        state: loaded.state,
-                        version: appended.last().map_or(loaded.version, |a| a.version),
-                        appended,
-                        attempts,
-                        conflicts,
-                    });
-                }
-            }
             let events = loaded
                 .state
                 .handle(&command, &self.services)
@@ -245,19 +278,27 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
                     appended: Vec::new(),
                     attempts,
                     conflicts,
+                    replayed: false,
                 });
             }
-            let metadata = ctx.metadata();
             match self
-                .append(
-                    stream,
-                    ExpectedVersion::Exact(loaded.version),
-                    &events,
-                    &metadata,
-                    ctx,
-                )
+                .append(stream, ExpectedVersion::Exact(loaded.version), &events, ctx)
                 .await
             {
+                Ok((result, _)) if result.already_stored && ctx.is_command_id_given() => {
+                    // A concurrent run of this command stored these ids first: its outcome
+                    // is the one to return (its events may differ from this decision's).
+                    if let Some(done) = self.earlier_run(stream, ctx, attempts, &conflicts).await? {
+                        return Ok(done);
+                    }
+                    return Err(StoreError::Corrupt {
+                        what: format!(
+                            "the events of command {} in {stream} were reported stored, but no event of {stream} names it as causation",
+                            ctx.command_id
+                        ),
+                    }
+                    .into());
+                }
                 Ok((result, ids)) => {
                     let appended = appended_events(&ids, &result);
                     for event in &events {
@@ -281,10 +322,30 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
                         appended,
                         attempts,
                         conflicts,
+                        replayed: false,
                     });
+                }
+                Err(CommandError::Store(StoreError::EventIdReused { stored_in, .. }))
+                    if ctx.is_command_id_given() && stored_in == *stream =>
+                {
+                    // A run of this command that decided other events stored first.
+                    if let Some(done) = self.earlier_run(stream, ctx, attempts, &conflicts).await? {
+                        return Ok(done);
+                    }
+                    return Err(StoreError::Corrupt {
+                        what: format!(
+                            "event ids of command {} are stored in {stream}, but no event of {stream} names it as causation",
+                            ctx.command_id
+                        ),
+                    }
+                    .into());
                 }
                 Err(CommandError::Store(StoreError::Conflict(conflict))) => {
                     tracing::debug!(%stream, attempts, %conflict, "conflict; retrying");
+                    // The winner may be a concurrent run of this very command.
+                    if let Some(done) = self.earlier_run(stream, ctx, attempts, &conflicts).await? {
+                        return Ok(done);
+                    }
                     if attempts >= self.retry.max_attempts {
                         return Err(CommandError::Conflict {
                             attempts,
@@ -300,7 +361,56 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
         }
     }
 
-    /// Encodes and appends `events`; when the store fails with a transient error, appends the
+    /// The outcome of an earlier run of the command, when its id was given and events of
+    /// `stream` name it as their causation: those events, decoded, and the state right after
+    /// them. `None` for a command whose id was not given, or that appended nothing here.
+    async fn earlier_run(
+        &self,
+        stream: &StreamId,
+        ctx: &CommandContext,
+        attempts: u32,
+        conflicts: &[Conflict],
+    ) -> Result<Option<Executed<A>>, CommandError<A::Error>> {
+        if !ctx.is_command_id_given() {
+            return Ok(None);
+        }
+        self.check_category(stream)?;
+        let recorded: Vec<_> = self
+            .store
+            .read_caused_by(stream, ctx.command_id)
+            .try_collect()
+            .await?;
+        let Some(last) = recorded.last().map(|r| r.version) else {
+            return Ok(None);
+        };
+        let events = recorded
+            .iter()
+            .map(|r| r.decode::<A::Event>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let appended = recorded
+            .iter()
+            .map(|r| AppendedEvent {
+                event_id: r.event_id,
+                version: r.version,
+                position: r.position,
+            })
+            .collect();
+        let loaded = self.load_until(stream, last).await?;
+        tracing::debug!(%stream, command_id = %ctx.command_id, version = %last, "command already run; returning its outcome");
+        Ok(Some(Executed {
+            stream_id: stream.clone(),
+            events,
+            state: loaded.state,
+            version: last,
+            appended,
+            attempts,
+            conflicts: conflicts.to_vec(),
+            replayed: true,
+        }))
+    }
+
+    /// Encodes and appends `events`, with the ids `ctx` gives them
+    /// ([`CommandContext::event_id`]); when the store fails with a transient error, appends the
     /// very same events (same ids, encoded again: the store took the first encoding) under the
     /// outage retry policy. An append whose reply was lost after it was stored is then
     /// recognised by its event ids and not stored twice, and one that was not stored is stored
@@ -310,35 +420,21 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
         stream: &StreamId,
         expected: ExpectedVersion,
         events: &[A::Event],
-        metadata: &EventMetadata,
         ctx: &CommandContext,
     ) -> Result<(AppendResult, Vec<Uuid>), CommandError<A::Error>> {
-        let mut batch = events
-            .iter()
-            .map(|e| NewEvent::from_domain(e, metadata.clone()))
-            .collect::<Result<Vec<_>, _>>()?;
-        if ctx.idempotent {
-            crate::idempotent_command_shim::deterministic_ids(&mut batch, ctx.command_id);
-        }
-        let ids: Vec<Uuid> = batch.iter().map(|e| e.event_id).collect();
+        let metadata = ctx.metadata();
+        let ids: Vec<Uuid> = (0..events.len())
+            .map(|index| ctx.event_id(stream, index))
+            .collect();
         let mut attempts = 0;
         loop {
             attempts += 1;
+            let batch = encode(events, &ids, &metadata)?;
             match self.store.append(stream, expected, batch).await {
                 Ok(result) => return Ok((result, ids)),
                 Err(error) if error.is_transient() && attempts < self.outage_retry.max_attempts => {
                     tracing::warn!(%stream, attempts, %error, "append failed transiently; appending the same events again");
                     tokio::time::sleep(self.outage_retry.delay_after(attempts)).await;
-                    batch = events
-                        .iter()
-                        .zip(&ids)
-                        .map(|(e, &event_id)| {
-                            NewEvent::from_domain(e, metadata.clone()).map(|encoded| NewEvent {
-                                event_id,
-                                ..encoded
-                            })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -359,15 +455,68 @@ impl<A: Aggregate, S: EventAppender + StreamReader> Repository<A, S> {
 /// How the repository retries an append that failed with a transient error: 4 attempts,
 /// waits of up to 0.25, 0.5 and 1 s (jittered), long enough for a connection to be replaced and
 /// short enough for a caller waiting on the command.
-const OUTAGE_RETRY: RetryPolicy = RetryPolicy {
+pub(crate) const OUTAGE_RETRY: RetryPolicy = RetryPolicy {
     max_attempts: 4,
     base_delay: Duration::from_millis(250),
     max_delay: Duration::from_secs(1),
 };
 
+/// Folds the events of `loaded.stream_id` stored after `loaded.version`, up to version `until`,
+/// into `loaded`.
+///
+/// Relies on the store returning versions in order from the one asked for; a gap is reported
+/// as corrupt data rather than folded.
+pub(crate) async fn fold_stream<A: Aggregate>(
+    store: &impl StreamReader,
+    loaded: &mut Loaded<A>,
+    until: StreamVersion,
+) -> Result<(), StoreError> {
+    let stream = &loaded.stream_id;
+    if loaded.version >= until {
+        return Ok(());
+    }
+    let from = loaded.version.next().unwrap_or(StreamVersion::MAX);
+    let mut events = store.read_stream(stream, from);
+    while let Some(recorded) = events.try_next().await? {
+        if Some(recorded.version) != loaded.version.next() {
+            return Err(StoreError::Corrupt {
+                what: format!(
+                    "stream {stream} jumps from version {} to {}",
+                    loaded.version, recorded.version
+                ),
+            });
+        }
+        let event: A::Event = recorded.decode()?;
+        loaded.state.apply(&event);
+        loaded.version = recorded.version;
+        if loaded.version >= until {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Encodes `events` with the ids `ids` (same length) and `metadata`.
+pub(crate) fn encode<E: crate::DomainEvent>(
+    events: &[E],
+    ids: &[Uuid],
+    metadata: &EventMetadata,
+) -> Result<Vec<NewEvent>, EncodeError> {
+    events
+        .iter()
+        .zip(ids)
+        .map(|(event, &event_id)| {
+            NewEvent::from_domain(event, metadata.clone()).map(|encoded| NewEvent {
+                event_id,
+                ..encoded
+            })
+        })
+        .collect()
+}
+
 /// The stored events of an append: `ids` in order, at the versions ending at
 /// `result.stream_version`, with the positions the store reported.
-fn appended_events(ids: &[Uuid], result: &AppendResult) -> Vec<AppendedEvent> {
+pub(crate) fn appended_events(ids: &[Uuid], result: &AppendResult) -> Vec<AppendedEvent> {
     let first = result
         .stream_version
         .get()

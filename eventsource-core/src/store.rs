@@ -6,7 +6,8 @@
 //! Application code does not need this module: aggregates, repositories, subscriptions and
 //! projections are all at the crate root.
 //!
-//! - [`replayed_append`] and [`StoredEventLocation`]: the idempotent-append rule (the same event
+//! - [`replayed_append`], [`replayed_multi_append`] and [`StoredEventLocation`]: the
+//!   idempotent-append rule (the same event
 //!   ids appended again after a lost reply), decided once for every store;
 //! - [`EncodedEvent`]: an event checked against the [`Limits`](crate::Limits) and encoded, as
 //!   [`Limits::check_append`](crate::Limits::check_append) returns it;
@@ -23,7 +24,7 @@ pub use crate::envelope::{filter_for, Items};
 #[doc(inline)]
 pub use crate::feed::read_feed;
 #[doc(inline)]
-pub use crate::idempotency::{replayed_append, StoredEventLocation};
+pub use crate::idempotency::{replayed_append, replayed_multi_append, StoredEventLocation};
 #[doc(inline)]
 pub use crate::json_nesting;
 #[doc(inline)]

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use eventsource_core::testing::counter::{Counter, Increment};
 use eventsource_core::{
     Aggregate as _, AppendResult, CommandContext, CommandError, EventAppender, EventStream,
-    ExpectedVersion, InMemoryStore, NewEvent, Repository, RetryPolicy, StoreError, StreamId,
-    StreamReader, StreamVersion,
+    ExpectedVersion, InMemoryStore, NewEvent, Repository, RetryPolicy, StoreError, StreamAppend,
+    StreamId, StreamReader, StreamVersion, UnitOfWork,
 };
 use futures::TryStreamExt;
 
@@ -74,6 +74,37 @@ impl EventAppender for Faulty {
             Fault::LostBeforeStoring => Err(lost()),
             Fault::Permanent => Err(StoreError::backend(
                 format!("append to {stream}"),
+                std::io::Error::other("disk full"),
+            )),
+        }
+    }
+
+    async fn append_to_streams(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        self.appends.fetch_add(1, Ordering::SeqCst);
+        let fail = self
+            .failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if !fail {
+            return self.inner.append_to_streams(appends).await;
+        }
+        let lost = || {
+            StoreError::unavailable(
+                "append to several streams",
+                std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset"),
+            )
+        };
+        match self.fault {
+            Fault::StoredThenLost => {
+                self.inner.append_to_streams(appends).await?;
+                Err(lost())
+            }
+            Fault::LostBeforeStoring => Err(lost()),
+            Fault::Permanent => Err(StoreError::backend(
+                "append to several streams",
                 std::io::Error::other("disk full"),
             )),
         }
@@ -163,4 +194,44 @@ async fn retries_are_bounded_and_permanent_failures_are_not_retried() {
     );
     assert_eq!(store.appends.load(Ordering::SeqCst), 1, "not retried");
     assert!(stored(&store, &id).await.is_empty());
+}
+
+/// A unit of work whose commit was stored but whose reply was lost is committed again with the
+/// very same events: the store recognises them, and nothing is stored twice.
+#[tokio::test]
+async fn a_unit_whose_reply_was_lost_is_stored_once() {
+    let store = Faulty::new(Fault::StoredThenLost, 1);
+    let a = Counter::stream_id("a").expect("stream id");
+    let b = Counter::stream_id("b").expect("stream id");
+    let ctx = CommandContext::new();
+    let mut unit = UnitOfWork::new(&store);
+    unit.execute::<Counter>(&a, Increment(1), &ctx)
+        .await
+        .expect("decide on a");
+    unit.execute::<Counter>(&b, Increment(2), &ctx)
+        .await
+        .expect("decide on b");
+    let committed = unit.commit().await.expect("the unit commits");
+    assert_eq!(store.appends.load(Ordering::SeqCst), 2, "committed twice");
+    assert!(committed.streams.iter().all(|s| s.already_stored));
+    assert_eq!(stored(&store, &a).await.len(), 1);
+    assert_eq!(stored(&store, &b).await.len(), 1);
+    let first = &committed.streams[0].appended;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].event_id, stored(&store, &a).await[0].event_id);
+}
+
+/// A unit whose commit fails for good reports the failure and stores nothing.
+#[tokio::test]
+async fn a_unit_failing_for_good_stores_nothing() {
+    let store = Faulty::new(Fault::Permanent, 1);
+    let a = Counter::stream_id("a").expect("stream id");
+    let mut unit = UnitOfWork::new(&store);
+    unit.execute::<Counter>(&a, Increment(1), &CommandContext::new())
+        .await
+        .expect("decide on a");
+    let error = unit.commit().await.expect_err("the commit fails");
+    assert!(matches!(error, StoreError::Backend { .. }), "{error:?}");
+    assert_eq!(store.appends.load(Ordering::SeqCst), 1, "not retried");
+    assert!(stored(&store, &a).await.is_empty());
 }

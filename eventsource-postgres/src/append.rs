@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use eventsource_core::store::{replayed_append, StoredEventLocation};
 use eventsource_core::{
     AppendResult, Conflict, EventAppender, ExpectedVersion, NewEvent, RetryPolicy, StoreError,
-    StreamId, StreamVersion, ValidationError,
+    StreamAppend, StreamId, StreamVersion, ValidationError,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres, Row};
@@ -33,7 +33,7 @@ const STREAM_VERSION: &str = include_str!("sql/stream_version.sql");
 /// writers on one stream costs the last of them `k - 1` lost rounds; the jittered backoff spreads
 /// them out and the budget covers bursts far beyond the pool sizes writers use. Every lost round
 /// means another append to the stream committed, so the store as a whole always makes progress.
-const RACE_RETRY: RetryPolicy = RetryPolicy {
+pub(crate) const RACE_RETRY: RetryPolicy = RetryPolicy {
     max_attempts: 200,
     base_delay: Duration::from_micros(500),
     max_delay: Duration::from_millis(20),
@@ -70,6 +70,18 @@ impl EventAppender for PostgresStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult, StoreError> {
         self.append_via(None, stream, expected, events).await
+    }
+
+    /// Appends to all the streams in one `INSERT ... SELECT FROM UNNEST` statement outside any
+    /// explicit transaction (see `append_to_streams.rs`): one round trip, the insert is its
+    /// transaction's first write, and the feed delivers all the events under one transaction
+    /// id. Lost version races and serialization failures are retried as for
+    /// [`append`](Self::append) while every expectation still holds.
+    async fn append_to_streams(
+        &self,
+        appends: Vec<StreamAppend>,
+    ) -> Result<Vec<AppendResult>, StoreError> {
+        self.append_streams(appends).await
     }
 }
 
@@ -391,15 +403,27 @@ impl PostgresStore {
         events: &[NewEvent],
     ) -> Result<Option<AppendResult>, StoreError> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        let query = sqlx::query(STORED_EVENT_IDS).bind(&ids);
+        let stored = self.stored_locations(conn, &ids, stream).await?;
+        if stored.is_empty() {
+            return Ok(None);
+        }
+        replayed_append(stream, events, &stored).map(Some)
+    }
+
+    /// Where the given event ids are stored (the ones that are), read on `conn` when given,
+    /// else on the pool. `appending_to` names the append in an error.
+    pub(crate) async fn stored_locations(
+        &self,
+        conn: Option<&mut PgConnection>,
+        ids: &[Uuid],
+        appending_to: &(dyn std::fmt::Display + Sync),
+    ) -> Result<HashMap<Uuid, StoredEventLocation>, StoreError> {
+        let query = sqlx::query(STORED_EVENT_IDS).bind(ids);
         let rows = match conn {
             Some(conn) => query.fetch_all(conn).await,
             None => query.fetch_all(&self.pool).await,
         }
-        .map_err(|e| backend(format!("look up stored event ids for {stream}"), e))?;
-        if rows.is_empty() {
-            return Ok(None);
-        }
+        .map_err(|e| backend(format!("look up stored event ids for {appending_to}"), e))?;
         let mut stored = HashMap::with_capacity(rows.len());
         for row in &rows {
             let category: String = column(row, "category")?;
@@ -414,7 +438,7 @@ impl PostgresStore {
             };
             stored.insert(column::<Uuid>(row, "event_id")?, location);
         }
-        replayed_append(stream, events, &stored).map(Some)
+        Ok(stored)
     }
 
     /// The current version of `stream`, read directly (every committed event).
@@ -423,7 +447,7 @@ impl PostgresStore {
     }
 
     /// The current version of `stream`, read on `conn` when given, else on the pool.
-    async fn version_on(
+    pub(crate) async fn version_on(
         &self,
         conn: Option<&mut PgConnection>,
         stream: &StreamId,

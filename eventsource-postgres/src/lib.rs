@@ -23,6 +23,7 @@
 
 pub mod active_instance;
 mod append;
+mod append_to_streams;
 #[cfg(feature = "testing")]
 pub mod delivery_check;
 mod error;

@@ -250,7 +250,7 @@ fn classify(topic: &str, message: &OutgoingMessage, error: &KafkaError) -> Publi
         Some(
             code @ (MessageSizeTooLarge | InvalidMessageSize | MessageBatchTooLarge),
         ) => PublishError::Refused(format!(
-            "Kafka refused the message for topic `{topic}` ({code}): it is {} bytes of value plus headers, over the producer's message.max.bytes, the broker's message.max.bytes or the topic's max.message.bytes",
+            "Kafka refused the message for topic `{topic}` ({code}): its value alone is {} bytes; with its headers it is over the producer's message.max.bytes (KafkaPublisherOptions::max_message_bytes), the broker's message.max.bytes or the topic's max.message.bytes",
             message.payload.len()
         )),
         Some(code @ (InvalidTopic | InvalidRecord)) => {

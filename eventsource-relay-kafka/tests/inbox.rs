@@ -428,3 +428,70 @@ async fn the_relay_and_the_inbox_hand_every_event_to_the_handler_once_in_stream_
     assert_eq!(received.len(), appended);
     db.drop_database().await.expect("drop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn while_the_database_is_unreachable_nothing_is_committed_and_the_messages_come_again() {
+    require_broker().await;
+    let (db, store) = fresh().await;
+    create_table(&store).await;
+    let topic = unique("inbox-db-down");
+    let group = unique("packing");
+    // An inbox whose database does not answer (nothing listens on port 1).
+    let unreachable = PostgresStore::new(
+        sqlx::postgres::PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(500))
+            .connect_lazy("postgres://postgres@127.0.0.1:1/nowhere")
+            .expect("a lazy pool"),
+    );
+    let down = KafkaInbox::new(
+        &brokers(),
+        Inbox::new(unreachable, "packing"),
+        options(&topic, &group),
+    )
+    .expect("inbox");
+    down.ensure_topics().await.expect("topics");
+    produce(&topic, &["Shipped", "Shipped"]).await;
+    let handler = Arc::new(Recorder::default());
+
+    let shutdown = CancellationToken::new();
+    let mut status = down.status();
+    let running = tokio::spawn({
+        let (handler, shutdown) = (handler.clone(), shutdown.clone());
+        async move { down.run(handler.as_ref(), shutdown).await }
+    });
+    let status = wait_for_inbox(&mut status, |s| s.retrying.is_some()).await;
+    let reason = status.retrying.expect("a reason");
+    assert!(
+        reason.contains("packing") && reason.contains("connect"),
+        "{reason}"
+    );
+    shutdown.cancel();
+    running.await.expect("join").expect("inbox ran");
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        left_for_group(&topic, &group).await,
+        2,
+        "nothing was committed"
+    );
+
+    // Once the database answers, the same group gets both messages again and handles them.
+    let up = KafkaInbox::new(
+        &brokers(),
+        Inbox::new(store.clone(), "packing"),
+        options(&topic, &group),
+    )
+    .expect("inbox");
+    let shutdown = CancellationToken::new();
+    let mut status = up.status();
+    let running = tokio::spawn({
+        let (handler, shutdown) = (handler.clone(), shutdown.clone());
+        async move { up.run(handler.as_ref(), shutdown).await }
+    });
+    let status = wait_for_inbox(&mut status, |s| s.handled >= 2).await;
+    shutdown.cancel();
+    running.await.expect("join").expect("inbox ran");
+    assert_eq!((status.handled, status.dead_lettered), (2, 0));
+    assert_eq!(handled_rows(&store).await, 2);
+    assert_eq!(left_for_group(&topic, &group).await, 0);
+    db.drop_database().await.expect("drop");
+}

@@ -13,7 +13,11 @@
 //!   mandatory, the same exchange and queue) in the same windows as the relay's waves: each
 //!   window's messages pipelined, then all their confirms awaited;
 //! - **latency**: 1,000 events/s appended for 10 s by 4 tasks while a relay and a
-//!   [`RabbitMqInbox`] run; the handler records the time since just before each append.
+//!   [`RabbitMqInbox`] run (default options); the handler records the time since just before
+//!   each append, split at the moment the relay hands the message to the publisher.
+//!
+//! Knobs: `LATENCY_ONLY=1` runs the latency part alone; `WORKERS=n` sets the inbox's workers;
+//! `POLL_MS=n` the relay's poll interval at the head.
 //!
 //! The ratio relay/raw, not the absolute rate, is what to compare across machines.
 
@@ -28,11 +32,13 @@ use eventsource_core::{
 };
 use eventsource_postgres::delivery_check::write_concurrently;
 use eventsource_postgres::inbox::{Inbox, InboxHandler, IncomingMessage};
-use eventsource_postgres::relay::{Mapping, OutgoingMessage, PublishAsIs, Relay};
+use eventsource_postgres::relay::{
+    Mapping, OutgoingMessage, PublishAsIs, PublishError, Publisher, Relay, RelayOptions,
+};
 use eventsource_postgres::testing::TestDatabase;
 use eventsource_postgres::{PgConnection, PostgresStore};
 use eventsource_relay_rabbitmq::{
-    PublisherOptions, QueueTopology, RabbitMqInbox, RabbitMqPublisher,
+    InboxOptions, PublisherOptions, QueueTopology, RabbitMqInbox, RabbitMqPublisher,
 };
 use futures::future::join_all;
 use futures::TryStreamExt;
@@ -74,6 +80,14 @@ async fn main() -> BenchResult<()> {
     let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
 
+    if std::env::var("LATENCY_ONLY").is_ok() {
+        let latency = latency_run(&url).await?;
+        println!(
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, {} at {:.0}/s",
+            latency.p50, latency.p99, latency.max, latency.count, latency.rate
+        );
+        return Ok(());
+    }
     let db = TestDatabase::create().await?;
     let store = db.store().await?;
     eprintln!("seeding {EVENTS} events...");
@@ -307,9 +321,33 @@ async fn raw_run(
     Ok(elapsed)
 }
 
+/// A publisher that notes when the relay handed each message over (µs since the epoch, by
+/// message id), so the latency splits into append -> relay and relay -> handler.
+struct Timed {
+    inner: RabbitMqPublisher,
+    handed: Arc<Mutex<HashMap<String, u64>>>,
+}
+
+#[async_trait]
+impl Publisher for Timed {
+    fn destination(&self, message: &OutgoingMessage) -> String {
+        self.inner.destination(message)
+    }
+
+    async fn publish(&mut self, messages: &[OutgoingMessage]) -> Vec<Result<(), PublishError>> {
+        let now = now_micros();
+        if let Ok(mut handed) = self.handed.lock() {
+            for message in messages {
+                handed.entry(message.message_id.to_string()).or_insert(now);
+            }
+        }
+        self.inner.publish(messages).await
+    }
+}
+
 /// Records, per message, the milliseconds since the `at` (µs since the epoch) in its body.
 #[derive(Default)]
-struct Latencies(Mutex<Vec<f64>>);
+struct Latencies(Mutex<Vec<(String, u64, u64)>>);
 
 #[async_trait]
 impl InboxHandler for Latencies {
@@ -318,8 +356,10 @@ impl InboxHandler for Latencies {
     async fn handle(&self, _tx: &mut PgConnection, message: &IncomingMessage) -> BenchResult<()> {
         let body: serde_json::Value = message.json()?;
         let at = body["at"].as_u64().ok_or("no `at` in the body")?;
-        let elapsed = now_micros().saturating_sub(at) as f64 / 1000.0;
-        self.0.lock().map_err(|_| "poisoned")?.push(elapsed);
+        self.0
+            .lock()
+            .map_err(|_| "poisoned")?
+            .push((message.message_id.clone(), at, now_micros()));
         Ok(())
     }
 }
@@ -329,6 +369,38 @@ fn now_micros() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// p50, p99 and max of a sample, in ms.
+struct Quantiles {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+impl Quantiles {
+    fn of(mut sample: Vec<f64>) -> BenchResult<Self> {
+        if sample.is_empty() {
+            return Err("no latencies recorded".into());
+        }
+        sample.sort_by(f64::total_cmp);
+        let at = |q: f64| sample[((sample.len() as f64 * q) as usize).min(sample.len() - 1)];
+        Ok(Self {
+            p50: at(0.50),
+            p99: at(0.99),
+            max: sample[sample.len() - 1],
+        })
+    }
+}
+
+impl std::fmt::Display for Quantiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            self.p50, self.p99, self.max
+        )
+    }
 }
 
 struct Latency {
@@ -347,18 +419,32 @@ async fn latency_run(url: &str) -> BenchResult<Latency> {
     let exchange = unique("latency");
     let queue = unique("latency");
     let topology = QueueTopology::new(&exchange, &queue).bind("lat.*");
-    let consumer = Arc::new(RabbitMqInbox::new(
-        url,
-        Inbox::new(store.clone(), "latency"),
-        topology,
-    )?);
+    let mut inbox_options = InboxOptions::default();
+    if let Some(workers) = std::env::var("WORKERS").ok().and_then(|v| v.parse().ok()) {
+        inbox_options.workers = workers;
+    }
+    let consumer = Arc::new(
+        RabbitMqInbox::new(url, Inbox::new(store.clone(), "latency"), topology)?
+            .with_options(inbox_options),
+    );
     consumer.declare().await?;
-    let relay = Arc::new(Relay::new(
-        store.clone(),
-        "latency",
-        RabbitMqPublisher::new(url, PublisherOptions::new(&exchange))?,
-        PublishAsIs,
-    ));
+    let handed = Arc::new(Mutex::new(HashMap::new()));
+    let mut options = RelayOptions::default();
+    if let Some(ms) = std::env::var("POLL_MS").ok().and_then(|v| v.parse().ok()) {
+        options.feed = options.feed.with_poll_interval(Duration::from_millis(ms));
+    }
+    let relay = Arc::new(
+        Relay::new(
+            store.clone(),
+            "latency",
+            Timed {
+                inner: RabbitMqPublisher::new(url, PublisherOptions::new(&exchange))?,
+                handed: handed.clone(),
+            },
+            PublishAsIs,
+        )
+        .with_options(options),
+    );
     let handler = Arc::new(Latencies::default());
     let shutdown = CancellationToken::new();
     let relaying = tokio::spawn({
@@ -413,15 +499,29 @@ async fn latency_run(url: &str) -> BenchResult<Latency> {
     relaying.await??;
     consuming.await??;
 
-    let mut latencies = handler.0.lock().map_err(|_| "poisoned")?.clone();
-    latencies.sort_by(f64::total_cmp);
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    let records = handler.0.lock().map_err(|_| "poisoned")?.clone();
+    let handed = handed.lock().map_err(|_| "poisoned")?.clone();
+    let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1000.0;
+    let total: Vec<f64> = records.iter().map(|(_, at, done)| ms(*at, *done)).collect();
+    let to_relay: Vec<f64> = records
+        .iter()
+        .filter_map(|(id, at, _)| handed.get(id).map(|h| ms(*at, *h)))
+        .collect();
+    let to_handler: Vec<f64> = records
+        .iter()
+        .filter_map(|(id, _, done)| handed.get(id).map(|h| ms(*h, *done)))
+        .collect();
+    let total = Quantiles::of(total)?;
+    let to_relay = Quantiles::of(to_relay)?;
+    let to_handler = Quantiles::of(to_handler)?;
+    eprintln!("  append -> relay hands it to the publisher: {to_relay}");
+    eprintln!("  publisher -> inbox handler:               {to_handler}");
     let latency = Latency {
-        count: latencies.len(),
+        count: records.len(),
         rate,
-        p50: at(0.50),
-        p99: at(0.99),
-        max: *latencies.last().ok_or("no latencies")?,
+        p50: total.p50,
+        p99: total.p99,
+        max: total.max,
     };
     let (connection, channel) = {
         let connection = Connection::connect(url, ConnectionProperties::default()).await?;

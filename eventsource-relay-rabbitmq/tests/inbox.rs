@@ -461,3 +461,44 @@ async fn a_relays_messages_are_each_handled_once_and_each_stream_in_order() {
     .await;
     db.drop_database().await.expect("drop");
 }
+
+#[tokio::test]
+async fn a_queue_that_exists_with_other_settings_is_refused_for_good_with_a_hint() {
+    let (db, store) = fresh().await;
+    let (exchange, queue) = (unique("inbox-clash"), unique("inbox-clash"));
+    // The queue exists already, without the dead-letter argument.
+    let (_connection, channel) = raw_channel().await;
+    declare_queue(&channel, &exchange, &queue, "#").await;
+
+    let consumer = RabbitMqInbox::new(
+        &rabbitmq_url(),
+        Inbox::new(store.clone(), "clash"),
+        QueueTopology::new(&exchange, &queue).bind("order.*"),
+    )
+    .expect("inbox")
+    .with_options(inbox_options());
+    let ran = tokio::time::timeout(
+        DEADLINE,
+        consumer.run(&Effects::default(), CancellationToken::new()),
+    )
+    .await
+    .expect("the inbox gave up in time");
+    let error = ran.expect_err("the broker refuses the declaration");
+    assert!(error.is_permanent(), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains(&format!("declare the durable queue `{queue}`")),
+        "{text}"
+    );
+    assert!(text.contains("exists with other settings"), "{text}");
+    assert!(consumer.status().borrow().outage.is_some());
+
+    let dead_letter_queue = format!("{queue}.dead-letter");
+    delete(
+        &channel,
+        &[&queue, &dead_letter_queue],
+        &[&exchange, &dead_letter_queue],
+    )
+    .await;
+    db.drop_database().await.expect("drop");
+}

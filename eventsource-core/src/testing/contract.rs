@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::error::{StoreError, ValidationError};
 use crate::event::{NewEvent, RecordedEvent};
-use crate::event_store::{EventAppender, EventStore, FeedReader, StreamReader};
+use crate::event_store::{EventAppender, EventStore, FeedReader, StreamAppend, StreamReader};
 use crate::expected_version::ExpectedVersion;
 use crate::feed::{read_feed, BatchSize, FeedFilter};
 use crate::feed_follower::FeedOptions;
@@ -27,9 +27,10 @@ use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::snapshot_policy::SnapshotPolicy;
 use crate::stream_id::{Category, StreamId};
 use crate::subscription::Subscribe;
-use crate::testing::counter::{Counter, Increment};
+use crate::testing::counter::{Counter, CounterEvent, Increment, Incremented, TooHigh};
 use crate::testing::violation::{ensure, ensure_eq, OrViolation};
 use crate::testing::Violation;
+use crate::unit_of_work::UnitOfWork;
 use crate::version::StreamVersion;
 use crate::{Aggregate, CommandContext};
 
@@ -411,6 +412,557 @@ pub async fn idempotent_append<F: StoreFactory>(factory: &F) -> Result<(), Viola
         in_b.is_empty(),
         "the refused append stored nothing in stream b, got {} events",
         in_b.len()
+    );
+    Ok(())
+}
+
+/// An append to several streams is one transaction: every stream's events or none, each
+/// stream's expectation checked, a conflict naming its stream, idempotent by event ids, its
+/// input checked as a whole, and delivered by the feed in one place.
+pub async fn multi_stream_append<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
+    let store = factory.store(Limits::default()).await;
+    let (a, b, c) = (stream("a")?, stream("b")?, stream("c")?);
+    let nothing = store
+        .append_to_streams(Vec::new())
+        .await
+        .or_violation("an append to no streams")?;
+    ensure!(nothing.is_empty(), "no streams, no results: {nothing:?}");
+
+    // Other transactions before and after, so that "one place" means something.
+    store
+        .append(&c, ExpectedVersion::NoStream, vec![event("Before", 0)])
+        .await
+        .or_violation("append before")?;
+    let first = vec![
+        StreamAppend::new(
+            a.clone(),
+            ExpectedVersion::NoStream,
+            vec![event("A", 1), event("A", 2)],
+        ),
+        StreamAppend::new(b.clone(), ExpectedVersion::Any, vec![event("B", 1)]),
+        StreamAppend::new(c.clone(), ExpectedVersion::Exact(version(1)?), Vec::new()),
+    ];
+    let results = store
+        .append_to_streams(first.clone())
+        .await
+        .or_violation("append to a, b and check c")?;
+    ensure_eq!(results.len(), 3, "one result per stream");
+    ensure_eq!(
+        results
+            .iter()
+            .map(|r| r.stream_version.get())
+            .collect::<Vec<_>>(),
+        vec![2, 1, 1],
+        "each stream's version after the append, in the order given"
+    );
+    ensure!(
+        results.iter().all(|r| !r.already_stored),
+        "a first append is not already stored: {results:?}"
+    );
+    ensure_eq!(
+        results
+            .iter()
+            .map(|r| r.positions.len())
+            .collect::<Vec<_>>(),
+        vec![2, 1, 0],
+        "one position per appended event"
+    );
+    store
+        .append(&c, ExpectedVersion::Any, vec![event("After", 0)])
+        .await
+        .or_violation("append after")?;
+
+    let feed = read_whole_feed(&store, FeedFilter::all(), 5).await?;
+    let kinds: Vec<&str> = feed.iter().map(|e| e.event_type.as_str()).collect();
+    ensure!(
+        kinds.first() == Some(&"Before") && kinds.last() == Some(&"After"),
+        "the feed delivers the append between the transactions before and after it: {kinds:?}"
+    );
+    let middle = &feed[1..4];
+    ensure!(
+        middle
+            .iter()
+            .all(|e| e.position.transaction_id == middle[0].position.transaction_id),
+        "the feed delivers the whole append as one transaction: {:?}",
+        middle.iter().map(|e| e.position).collect::<Vec<_>>()
+    );
+    let in_a: Vec<u64> = middle
+        .iter()
+        .filter(|e| e.stream_id == a)
+        .map(|e| e.version.get())
+        .collect();
+    ensure_eq!(
+        in_a,
+        vec![1, 2],
+        "the feed delivers stream a in version order"
+    );
+    let positions: Vec<_> = middle.iter().map(|e| e.position).collect();
+    let reported: HashSet<_> = results.iter().flat_map(|r| r.positions.clone()).collect();
+    ensure!(
+        positions.iter().all(|p| reported.contains(p)),
+        "the reported positions are the feed's: {positions:?} vs {reported:?}"
+    );
+
+    // The very same append again: a retry after a lost reply.
+    let retry = store
+        .append_to_streams(first.clone())
+        .await
+        .or_violation("the retry succeeds")?;
+    ensure!(
+        retry.iter().all(|r| r.already_stored),
+        "the retry is reported as already stored: {retry:?}"
+    );
+    ensure_eq!(
+        retry
+            .iter()
+            .map(|r| r.positions.clone())
+            .collect::<Vec<_>>(),
+        results
+            .iter()
+            .map(|r| r.positions.clone())
+            .collect::<Vec<_>>(),
+        "the retry reports the first append's positions"
+    );
+    ensure_eq!(
+        read_all(&store, &a).await?.len(),
+        2,
+        "nothing stored twice in a"
+    );
+    ensure_eq!(
+        read_all(&store, &b).await?.len(),
+        1,
+        "nothing stored twice in b"
+    );
+    // Part of it again, with new events: ids reused otherwise.
+    let mixed = vec![
+        first[1].clone(),
+        StreamAppend::new(c.clone(), ExpectedVersion::Any, vec![event("C", 9)]),
+    ];
+    let result = store.append_to_streams(mixed).await;
+    ensure!(
+        matches!(result, Err(StoreError::EventIdReused { .. })),
+        "stored events mixed with new ones in another stream are refused with EventIdReused, got {result:?}"
+    );
+
+    // A conflict on one stream appends nothing to any; it names that stream.
+    let d = stream("d")?;
+    let conflicting = vec![
+        StreamAppend::new(d.clone(), ExpectedVersion::NoStream, vec![event("D", 1)]),
+        StreamAppend::new(
+            a.clone(),
+            ExpectedVersion::Exact(version(2)?),
+            vec![event("A", 3)],
+        ),
+        StreamAppend::new(
+            b.clone(),
+            ExpectedVersion::Exact(version(5)?),
+            vec![event("B", 2)],
+        ),
+    ];
+    expect_conflict(
+        store.append_to_streams(conflicting).await,
+        &b,
+        ExpectedVersion::Exact(version(5)?),
+        1,
+    )?;
+    ensure!(
+        read_all(&store, &d).await?.is_empty(),
+        "a conflict on b stores nothing in d"
+    );
+    ensure_eq!(
+        read_all(&store, &a).await?.len(),
+        2,
+        "a conflict on b stores nothing in a"
+    );
+    let only_check = vec![
+        StreamAppend::new(d.clone(), ExpectedVersion::NoStream, vec![event("D", 1)]),
+        StreamAppend::new(a.clone(), ExpectedVersion::NoStream, Vec::new()),
+    ];
+    expect_conflict(
+        store.append_to_streams(only_check).await,
+        &a,
+        ExpectedVersion::NoStream,
+        2,
+    )?;
+    ensure!(
+        read_all(&store, &d).await?.is_empty(),
+        "a failed check on a stream without events stores nothing in the others"
+    );
+
+    // Input is checked as a whole.
+    let twice = vec![
+        StreamAppend::new(d.clone(), ExpectedVersion::Any, vec![event("D", 1)]),
+        StreamAppend::new(d.clone(), ExpectedVersion::Any, vec![event("D", 2)]),
+    ];
+    let result = store.append_to_streams(twice).await;
+    ensure!(
+        matches!(
+            &result,
+            Err(StoreError::Invalid(ValidationError::StreamGivenTwice { stream })) if *stream == d
+        ),
+        "a stream given twice is refused with StreamGivenTwice, got {result:?}"
+    );
+    let same_id = event("D", 1);
+    let shared = vec![
+        StreamAppend::new(d.clone(), ExpectedVersion::Any, vec![same_id.clone()]),
+        StreamAppend::new(stream("e")?, ExpectedVersion::Any, vec![same_id]),
+    ];
+    let result = store.append_to_streams(shared).await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(
+                ValidationError::DuplicateEventId { .. }
+            ))
+        ),
+        "an event id given in two streams is refused with DuplicateEventId, got {result:?}"
+    );
+    let mut bad = event("E", 1);
+    bad.event_type = String::new();
+    let invalid = vec![
+        StreamAppend::new(d.clone(), ExpectedVersion::Any, vec![event("D", 1)]),
+        StreamAppend::new(stream("e")?, ExpectedVersion::Any, vec![bad]),
+    ];
+    let result = store.append_to_streams(invalid).await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(ValidationError::EmptyEventType { .. }))
+        ),
+        "invalid events in one stream refuse the whole append, got {result:?}"
+    );
+    ensure!(
+        read_all(&store, &d).await?.is_empty(),
+        "refused input stores nothing"
+    );
+
+    // The limits apply to the whole append.
+    let small = factory
+        .store(Limits::default().with_max_events_per_append(3))
+        .await;
+    let too_many = vec![
+        StreamAppend::new(
+            a.clone(),
+            ExpectedVersion::Any,
+            vec![event("A", 1), event("A", 2)],
+        ),
+        StreamAppend::new(
+            b.clone(),
+            ExpectedVersion::Any,
+            vec![event("B", 1), event("B", 2)],
+        ),
+    ];
+    let result = small.append_to_streams(too_many).await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(ValidationError::TooManyEvents {
+                count: 4,
+                limit: 3
+            }))
+        ),
+        "4 events in two streams pass a limit of 3 per append, got {result:?}"
+    );
+    ensure!(
+        read_all(&small, &a).await?.is_empty(),
+        "an append past the limits stores nothing"
+    );
+    // Each stream's events within the byte limit, all of them together past it.
+    let one = event("A", 1);
+    let bytes = one.payload.to_string().len()
+        + serde_json::to_string(&one.metadata).map_or(0, |m| m.len())
+        + one.event_type.len();
+    let narrow = factory
+        .store(Limits::default().with_max_append_bytes(bytes * 3))
+        .await;
+    let too_large = vec![
+        StreamAppend::new(
+            a.clone(),
+            ExpectedVersion::Any,
+            vec![event("A", 1), event("A", 2)],
+        ),
+        StreamAppend::new(
+            b.clone(),
+            ExpectedVersion::Any,
+            vec![event("B", 1), event("B", 2)],
+        ),
+    ];
+    let result = narrow.append_to_streams(too_large).await;
+    ensure!(
+        matches!(
+            result,
+            Err(StoreError::Invalid(ValidationError::AppendTooLarge { events: 4, .. }))
+        ),
+        "4 events of {bytes} bytes in two streams pass a limit of {} bytes per append, got {result:?}",
+        bytes * 3
+    );
+    ensure!(
+        read_all(&narrow, &a).await?.is_empty(),
+        "an append past the byte limit stores nothing"
+    );
+    Ok(())
+}
+
+/// The counter, deciding only once two commands have loaded: forces two runs of one command
+/// to decide at the same version.
+#[derive(Debug, Default, Clone)]
+struct Gated {
+    value: u64,
+}
+
+#[async_trait]
+impl crate::Aggregate for Gated {
+    const CATEGORY: &'static str = "gated";
+    type Event = CounterEvent;
+    type Command = Increment;
+    type Error = TooHigh;
+    type Services = Arc<tokio::sync::Barrier>;
+
+    fn apply(&mut self, event: &CounterEvent) {
+        let CounterEvent::Incremented(Incremented { by }) = event;
+        self.value += u64::from(*by);
+    }
+
+    async fn handle(
+        &self,
+        command: &Increment,
+        gate: &Arc<tokio::sync::Barrier>,
+    ) -> Result<Vec<CounterEvent>, TooHigh> {
+        gate.wait().await;
+        Ok(vec![
+            CounterEvent::Incremented(Incremented { by: command.0 }),
+            CounterEvent::Incremented(Incremented { by: 1 }),
+        ])
+    }
+}
+
+/// A command whose id was given runs once per stream: sent again, by the same repository, by
+/// a new one, or concurrently, it returns the first run's outcome and appends nothing.
+pub async fn idempotent_commands<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
+    let store = factory.store(Limits::default()).await;
+    let repository = Repository::<Counter, _>::new(store.clone());
+    let id = Counter::stream_id("idem").or_violation("id")?;
+    let command_id = Uuid::now_v7();
+    let ctx = || CommandContext::new().with_command_id(command_id);
+    repository
+        .execute(&id, Increment(1), &CommandContext::new())
+        .await
+        .or_violation("another command first")?;
+    let first = repository
+        .execute(&id, Increment(5), &ctx())
+        .await
+        .or_violation("the first run")?;
+    ensure!(!first.replayed, "the first run is not a replay");
+    ensure_eq!(
+        first.version,
+        version(2)?,
+        "the first run appends version 2"
+    );
+    ensure_eq!(
+        first
+            .appended
+            .iter()
+            .map(|e| e.event_id)
+            .collect::<Vec<_>>(),
+        vec![ctx().event_id(&id, 0)],
+        "the first run's event has the deterministic id"
+    );
+    repository
+        .execute(&id, Increment(100), &CommandContext::new())
+        .await
+        .or_violation("another command after")?;
+
+    for (who, again) in [
+        (
+            "the same repository",
+            repository.execute(&id, Increment(5), &ctx()).await,
+        ),
+        (
+            "a new repository",
+            Repository::<Counter, _>::new(store.clone())
+                .execute(&id, Increment(5), &ctx())
+                .await,
+        ),
+    ] {
+        let again = again.or_violation(who)?;
+        ensure!(again.replayed, "{who}: the second send is a replay");
+        ensure_eq!(
+            again.version,
+            first.version,
+            "{who}: the first run's version"
+        );
+        ensure_eq!(again.events, first.events, "{who}: the first run's events");
+        ensure_eq!(
+            again.appended,
+            first.appended,
+            "{who}: the first run's event ids, versions and positions"
+        );
+        ensure_eq!(
+            again.state.value,
+            6,
+            "{who}: the state right after the first run, not after later commands"
+        );
+    }
+    ensure_eq!(
+        read_all(&store, &id).await?.len(),
+        3,
+        "the command stored once"
+    );
+    let caused: Vec<RecordedEvent> = store
+        .read_caused_by(&id, command_id)
+        .try_collect()
+        .await
+        .or_violation("read the command's events")?;
+    ensure_eq!(
+        caused.iter().map(|e| e.version.get()).collect::<Vec<_>>(),
+        vec![2],
+        "read_caused_by finds the command's events, and only them"
+    );
+    let elsewhere = Counter::stream_id("other").or_violation("id")?;
+    let other = repository
+        .execute(&elsewhere, Increment(5), &ctx())
+        .await
+        .or_violation("the same id in another stream")?;
+    ensure!(
+        !other.replayed && other.version == version(1)?,
+        "the same command id in another stream is another command: {other:?}"
+    );
+
+    // Two runs of one command id that decide at the same version, concurrently.
+    let gate = Arc::new(tokio::sync::Barrier::new(2));
+    let gated = Repository::<Gated, _>::with_services(store.clone(), gate);
+    let target = Gated::stream_id("race").or_violation("id")?;
+    let race_id = Uuid::now_v7();
+    let race_ctx = CommandContext::new().with_command_id(race_id);
+    let (one, two) = futures::join!(
+        gated.execute(&target, Increment(7), &race_ctx),
+        gated.execute(&target, Increment(7), &race_ctx)
+    );
+    let (one, two) = (
+        one.or_violation("the first concurrent run")?,
+        two.or_violation("the second concurrent run")?,
+    );
+    ensure!(
+        one.replayed != two.replayed,
+        "one run appends and the other finds its events (replayed: {} and {})",
+        one.replayed,
+        two.replayed
+    );
+    ensure_eq!(
+        one.version,
+        two.version,
+        "both runs report the same version"
+    );
+    ensure_eq!(
+        one.appended,
+        two.appended,
+        "both runs report the same events"
+    );
+    ensure_eq!(
+        read_all(&store, &target).await?.len(),
+        2,
+        "two concurrent runs of one command append once"
+    );
+    Ok(())
+}
+
+/// A unit of work appends its aggregates' events together; a conflict on one of its streams
+/// appends nothing to any, and the retrying form decides again and succeeds.
+pub async fn unit_of_work<F: StoreFactory>(factory: &F) -> Result<(), Violation> {
+    let store = factory.store(Limits::default()).await;
+    let a = Counter::stream_id("a").or_violation("id")?;
+    let b = Counter::stream_id("b").or_violation("id")?;
+    let ctx = CommandContext::new();
+    let mut unit = UnitOfWork::new(&store);
+    unit.execute::<Counter>(&a, Increment(1), &ctx)
+        .await
+        .or_violation("decide on a")?;
+    let twice = unit
+        .execute::<Counter>(&a, Increment(2), &ctx)
+        .await
+        .or_violation("decide on a again")?;
+    ensure_eq!(
+        (twice.state.value, twice.version.get()),
+        (3, 2),
+        "a second command on a stream of the unit sees the first one's events"
+    );
+    unit.execute::<Counter>(&b, Increment(10), &ctx)
+        .await
+        .or_violation("decide on b")?;
+    let committed = unit.commit().await.or_violation("commit")?;
+    ensure_eq!(
+        committed
+            .streams
+            .iter()
+            .map(|s| (s.stream_id.clone(), s.version.get(), s.appended.len()))
+            .collect::<Vec<_>>(),
+        vec![(a.clone(), 2, 2), (b.clone(), 1, 1)],
+        "the committed streams, versions and events"
+    );
+
+    // A concurrent writer on b between deciding and committing.
+    let mut unit = UnitOfWork::new(&store);
+    unit.execute::<Counter>(&a, Increment(1), &ctx)
+        .await
+        .or_violation("decide on a")?;
+    unit.execute::<Counter>(&b, Increment(1), &ctx)
+        .await
+        .or_violation("decide on b")?;
+    Repository::<Counter, _>::new(store.clone())
+        .execute(&b, Increment(100), &CommandContext::new())
+        .await
+        .or_violation("a concurrent command on b")?;
+    expect_conflict(
+        unit.commit().await,
+        &b,
+        ExpectedVersion::Exact(version(1)?),
+        2,
+    )?;
+    ensure_eq!(
+        read_all(&store, &a).await?.len(),
+        2,
+        "a conflict on b appends nothing to a"
+    );
+
+    // The retrying form: the first attempt loses to a writer on b, the second succeeds.
+    let interfered = std::sync::atomic::AtomicBool::new(false);
+    let (a_ref, b_ref, store_ref, interfered_ref) = (&a, &b, &store, &interfered);
+    let run = UnitOfWork::run(&store, RetryPolicy::default(), |unit| {
+        Box::pin(async move {
+            unit.execute::<Counter>(a_ref, Increment(1), &CommandContext::new())
+                .await?;
+            unit.execute::<Counter>(b_ref, Increment(1), &CommandContext::new())
+                .await?;
+            if !interfered_ref.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                store_ref
+                    .append(
+                        b_ref,
+                        ExpectedVersion::Any,
+                        vec![NewEvent::new(
+                            "CounterIncremented",
+                            1,
+                            json!({ "by": 1 }),
+                            EventMetadata::default(),
+                        )],
+                    )
+                    .await
+                    .map_err(CommandError::Store)?;
+            }
+            Ok::<_, CommandError<TooHigh>>(())
+        })
+    })
+    .await;
+    let ((), committed) = run.or_violation("the retrying unit")?;
+    ensure_eq!(committed.attempts, 2, "the unit took two attempts");
+    ensure_eq!(committed.conflicts.len(), 1, "the unit met one conflict");
+    ensure_eq!(
+        committed
+            .streams
+            .iter()
+            .map(|s| s.version.get())
+            .collect::<Vec<_>>(),
+        vec![3, 4],
+        "the second attempt appended after the interfering event"
     );
     Ok(())
 }
@@ -1362,7 +1914,8 @@ pub async fn repository_loads_snapshot_and_tail<F: StoreFactory>(
 macro_rules! store_contract_tests {
     ($factory:expr) => {
         $crate::store_contract_tests!(@each $factory;
-            expected_versions, repository_race, idempotent_append, bounded_reads,
+            expected_versions, repository_race, idempotent_append, multi_stream_append,
+            idempotent_commands, unit_of_work, bounded_reads,
             feed_filters, unicode_and_large_payloads, bad_input_refused, limits_refused,
             reads_bounded_by_bytes, repository_flow,
             subscription_catch_up_and_live, subscription_filter_advances, snapshots_keep_the_latest,

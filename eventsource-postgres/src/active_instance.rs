@@ -19,6 +19,9 @@ use crate::store::PostgresStore;
 /// Takes the advisory lock whose key is the hash of `$1`, if it is free.
 const TRY_LOCK: &str = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))";
 
+/// Releases the advisory lock whose key is the hash of `$1`.
+const UNLOCK: &str = "SELECT pg_advisory_unlock(hashtextextended($1, 0))";
+
 /// Asks the server for TCP keepalives on this session: first probe after 10 s of silence, then
 /// every 5 s, the peer given up after 3 missed probes. Set after connecting (not as startup
 /// options, which connection poolers refuse); where the server refuses them, they are skipped.
@@ -90,6 +93,20 @@ impl ActiveInstance {
         }
         self.spare = Some(conn);
         Ok(None)
+    }
+
+    /// Gives up the role: releases the lock on `conn` (the connection [`try_acquire`] returned),
+    /// then closes it. Once this returns, another instance can take the role at once, and no
+    /// observer sees this one holding it; closing alone leaves the lock held until the server
+    /// process has noticed the disconnection. On a broken connection the server releases the
+    /// lock when that process ends.
+    ///
+    /// [`try_acquire`]: Self::try_acquire
+    pub async fn release(&self, mut conn: PgConnection) {
+        if let Err(error) = sqlx::query(UNLOCK).bind(&self.key).execute(&mut conn).await {
+            tracing::debug!(key = %self.key, %error, "the lock is left to the server to release");
+        }
+        let _ = sqlx::Connection::close(conn).await;
     }
 
     /// Closes the connection kept between attempts.

@@ -6,7 +6,7 @@ use std::fmt::Display;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::active_instance::ActiveInstance;
@@ -74,7 +74,7 @@ pub(crate) async fn run<R: ActiveRole>(
                 role.activated();
                 tracing::info!(kind, name, "now the active instance");
                 let outcome = role.active(&mut conn, shutdown).await;
-                let _ = conn.close().await;
+                instance.release(conn).await;
                 Some(outcome)
             }
             Ok(None) => None,

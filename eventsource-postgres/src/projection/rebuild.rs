@@ -124,7 +124,7 @@ pub async fn rebuild<P: Projection>(
         tokio::time::sleep(options.lock_retry).await;
     };
     let result = replay_and_swap(store, projection, &options, &mut progress, &mut conn).await;
-    let _ = conn.close().await;
+    instance.release(conn).await;
     result
 }
 

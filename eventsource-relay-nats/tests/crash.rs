@@ -11,6 +11,7 @@ mod common;
 use std::collections::HashMap;
 use std::process::Stdio;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::{
@@ -24,6 +25,7 @@ use eventsource_postgres::PostgresStore;
 use eventsource_relay_nats::{NatsPublisher, NatsPublisherOptions};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::process::{Child, Command};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 const TEST: &str = "a_relay_killed_five_times_publishes_every_event_once_in_stream_order";
@@ -33,8 +35,10 @@ const CHILD_DATABASE: &str = "NATS_CRASH_CHILD_DATABASE";
 const CHILD_PREFIX: &str = "NATS_CRASH_CHILD_PREFIX";
 const RELAY: &str = "nats";
 const KILLS: usize = 5;
-/// Writer rounds at most (each 8 writers × 2 streams × 10 events).
-const MAX_ROUNDS: usize = 40;
+/// Writer rounds allowed per relay process started (each 8 writers × 2 streams × 10 events):
+/// every relay has events of its own to publish, however fast the writers are, and the test
+/// writes at most `(KILLS + 1) × ROUNDS_PER_RELAY` rounds.
+const ROUNDS_PER_RELAY: usize = 8;
 
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -117,16 +121,23 @@ async fn crash_test() {
     let stop_reading = CancellationToken::new();
     let reader = Reader::start(&names.stream, stop_reading.clone()).await;
 
-    // Writers append in rounds until told to stop.
+    // Writers append in rounds until told to stop, ROUNDS_PER_RELAY rounds more for each relay
+    // process started. Not a fixed number of rounds: writers faster than the kill loop would
+    // finish before the last kills, and a relay started then would find everything published
+    // already, with nothing to publish before it is killed.
     let stop_writing = CancellationToken::new();
+    let rounds = Arc::new(Semaphore::new(0));
     let writers = tokio::spawn({
         let store = store.clone();
         let stop = stop_writing.clone();
+        let rounds = rounds.clone();
         async move {
             let mut appended = 0;
-            for round in 0..MAX_ROUNDS {
-                if stop.is_cancelled() {
-                    break;
+            for round in 0.. {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    permit = rounds.acquire() => permit.expect("the rounds' semaphore").forget(),
                 }
                 appended += write_concurrently(&store, &format!("crash{round}"), 8, 2, 10)
                     .await
@@ -138,9 +149,10 @@ async fn crash_test() {
 
     let mut kills = Vec::new();
     for _ in 0..KILLS {
-        let mut relay = spawn_child(&db, &names);
-        // The relay gets to publish something, then dies at a random moment.
         let before = reader.distinct();
+        let mut relay = spawn_child(&db, &names);
+        rounds.add_permits(ROUNDS_PER_RELAY);
+        // The relay gets to publish something, then dies at a random moment.
         eventually("the relay process to publish", || async {
             reader.distinct() > before
         })

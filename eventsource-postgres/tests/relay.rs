@@ -415,7 +415,18 @@ impl DomainEvent for ItemEvent {
         Ok(json!({ "type": self.event_type() }))
     }
 
-    fn decode(event_type: &str, _: u32, _: &serde_json::Value) -> Result<Self, DecodeError> {
+    fn decode(
+        event_type: &str,
+        schema_version: u32,
+        _: &serde_json::Value,
+    ) -> Result<Self, DecodeError> {
+        if schema_version != 1 {
+            return Err(DecodeError::UnsupportedVersion {
+                event_type: event_type.to_owned(),
+                schema_version,
+                supported: 1,
+            });
+        }
         match event_type {
             "One" => Ok(Self::One),
             "Two" => Ok(Self::Two),
@@ -555,5 +566,56 @@ async fn one_relay_of_a_name_is_active_and_a_standby_takes_over_from_the_checkpo
     let report = check_delivery(&stored_messages(&store).await.expect("stored"), &all);
     assert!(report.is_complete_and_ordered(), "{report:?}");
     assert_eq!(report.duplicates, 0);
+    db.drop_database().await.expect("drop");
+}
+
+#[tokio::test]
+async fn an_event_the_mapping_cannot_decode_is_parked_and_the_events_around_it_go_out() {
+    let (db, store) = fresh().await;
+    let broker = Scripted::default();
+    let id = StreamId::new("item", "x").expect("stream id");
+    let event =
+        |schema_version| NewEvent::new("Two", schema_version, json!({}), EventMetadata::default());
+    // Version 2 of the stream is stored under a schema version the code cannot read.
+    store
+        .append(
+            &id,
+            ExpectedVersion::NoStream,
+            vec![event(1), event(2), event(1), event(1)],
+        )
+        .await
+        .expect("append");
+    let relay =
+        Relay::new(store.clone(), "undecodable", broker.clone(), Doubled).with_options(options());
+    let shutdown = CancellationToken::new();
+    let target = head(&store).await;
+    let mut status = relay.status();
+    let (result, ()) = tokio::join!(relay.run(shutdown.clone()), async {
+        wait_for(&mut status, |s| s.position >= target).await;
+        shutdown.cancel();
+    });
+    result.expect("relay ran");
+    let versions: Vec<u64> = broker
+        .sent()
+        .into_iter()
+        .map(|(m, _)| m.stream_version)
+        .collect();
+    assert_eq!(
+        versions,
+        [1, 3, 4],
+        "the events around the undecodable one, once each, in order"
+    );
+    let parked = dead_letters::list(&store, "undecodable")
+        .await
+        .expect("dead letters");
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].version.get(), 2);
+    assert_eq!(parked[0].destination, "mapping");
+    assert!(
+        parked[0].error.contains("schema version 2"),
+        "{}",
+        parked[0].error
+    );
+    assert_eq!(relay.status().borrow().parked, 1);
     db.drop_database().await.expect("drop");
 }

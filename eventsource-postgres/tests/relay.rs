@@ -185,6 +185,7 @@ async fn every_event_of_concurrent_writers_reaches_the_broker_in_stream_order() 
         "the checkpoint is at the last acknowledged event"
     );
     assert_eq!(relay.status().borrow().state, RunnerState::Stopped);
+    assert_eq!(relay.status().borrow().published, appended as u64);
     db.drop_database().await.expect("drop");
 }
 
@@ -251,6 +252,11 @@ async fn a_lost_confirm_resends_its_wave_and_never_sends_a_streams_next_event_fi
     );
     assert!(report.is_complete_and_ordered(), "{report:?}");
     assert_eq!(report.duplicates, 1);
+    assert_eq!(
+        relay.status().borrow().published,
+        6,
+        "each message once, though the broker acknowledged one of them twice"
+    );
     db.drop_database().await.expect("drop");
 }
 

@@ -82,7 +82,8 @@ pub struct RelayStatus {
     pub state: RunnerState,
     /// The checkpoint it last committed: every event before it is acknowledged by the broker.
     pub position: FeedPosition,
-    /// Messages acknowledged by the broker (resent ones counted again).
+    /// Messages the broker acknowledged, each counted once per batch (a wave resent after an
+    /// outage is counted once; messages republished after a restart count again).
     pub published: u64,
     /// Events parked as relay dead letters.
     pub parked: u64,

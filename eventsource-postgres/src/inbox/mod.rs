@@ -118,11 +118,6 @@ impl Inbox {
         &self.name
     }
 
-    /// The store it records in.
-    pub fn store(&self) -> &PostgresStore {
-        &self.store
-    }
-
     /// Handles `message` exactly once in effect: records its id and runs `handler` in one
     /// transaction, with retries; see [`Disposition`]. Acknowledge the message only after this
     /// returns.
@@ -200,22 +195,18 @@ impl Inbox {
 
     /// Whether this inbox has handled the message `message_id` (its transaction committed).
     pub async fn was_handled(&self, message_id: &str) -> Result<bool, InboxError> {
+        let failed = |source| InboxError {
+            inbox: self.name.clone(),
+            message_id: message_id.to_owned(),
+            operation: "look the message up",
+            source,
+        };
         let row = sqlx::query(WAS_HANDLED)
             .bind(&self.name)
             .bind(message_id)
             .fetch_one(self.store.pool())
             .await
-            .map_err(|source| InboxError {
-                inbox: self.name.clone(),
-                message_id: message_id.to_owned(),
-                operation: "look the message up",
-                source,
-            })?;
-        row.try_get(0).map_err(|source| InboxError {
-            inbox: self.name.clone(),
-            message_id: message_id.to_owned(),
-            operation: "look the message up",
-            source,
-        })
+            .map_err(failed)?;
+        row.try_get(0).map_err(failed)
     }
 }

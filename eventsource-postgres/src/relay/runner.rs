@@ -260,7 +260,11 @@ impl<P: Publisher, M: Mapping> Relay<P, M> {
             }
         }
         for wave in waves(messages) {
-            if self.publish_wave(conn, &wave, shutdown).await? == Published::Interrupted {
+            if self
+                .publish_wave(conn, &wave.items, &wave.messages, shutdown)
+                .await?
+                == Published::Interrupted
+            {
                 return Ok(Published::Interrupted);
             }
         }
@@ -271,17 +275,17 @@ impl<P: Publisher, M: Mapping> Relay<P, M> {
     async fn publish_wave(
         &self,
         conn: &mut PgConnection,
-        wave: &[(&RecordedEvent, OutgoingMessage)],
+        events: &[&RecordedEvent],
+        messages: &[OutgoingMessage],
         shutdown: &CancellationToken,
     ) -> Result<Published, RelayError> {
-        let messages: Vec<OutgoingMessage> = wave.iter().map(|(_, m)| m.clone()).collect();
         let mut delay = self.options.retry_backoff;
         let mut publisher = self.publisher.lock().await;
         loop {
             let results = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(Published::Interrupted),
-                results = publisher.publish(&messages) => results,
+                results = publisher.publish(messages) => results,
             };
             let unavailable = results.iter().find_map(|r| match r {
                 Err(PublishError::Unavailable(e)) => Some(e.to_string()),
@@ -300,7 +304,7 @@ impl<P: Publisher, M: Mapping> Relay<P, M> {
                 continue;
             }
             let mut acknowledged = 0;
-            for ((event, message), result) in wave.iter().zip(results) {
+            for ((event, message), result) in events.iter().zip(messages).zip(results) {
                 match result {
                     Ok(()) => acknowledged += 1,
                     Err(error) => {
@@ -351,18 +355,28 @@ enum Published {
     Interrupted,
 }
 
+/// One wave: its messages, and beside each (same index) what it was made from.
+struct Wave<T> {
+    items: Vec<T>,
+    messages: Vec<OutgoingMessage>,
+}
+
 /// Splits messages (in feed order) into waves: a stream's n-th message in the batch goes in the
 /// n-th wave, so each wave holds at most one message per stream, and a stream's messages go
 /// out in feed (version) order.
-fn waves<T>(messages: Vec<(T, OutgoingMessage)>) -> Vec<Vec<(T, OutgoingMessage)>> {
-    let mut waves: Vec<Vec<(T, OutgoingMessage)>> = Vec::new();
+fn waves<T>(messages: Vec<(T, OutgoingMessage)>) -> Vec<Wave<T>> {
+    let mut waves: Vec<Wave<T>> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
     for (item, message) in messages {
         let wave = seen.entry(message.stream.clone()).or_insert(0);
         if waves.len() <= *wave {
-            waves.push(Vec::new());
+            waves.push(Wave {
+                items: Vec::new(),
+                messages: Vec::new(),
+            });
         }
-        waves[*wave].push((item, message));
+        waves[*wave].items.push(item);
+        waves[*wave].messages.push(message);
         *wave += 1;
     }
     waves
@@ -471,8 +485,9 @@ mod tests {
         let waves: Vec<Vec<(String, u64)>> = waves(batch)
             .into_iter()
             .map(|wave| {
-                wave.into_iter()
-                    .map(|(_, m)| (m.stream, m.stream_version))
+                wave.messages
+                    .into_iter()
+                    .map(|m| (m.stream, m.stream_version))
                     .collect()
             })
             .collect();
